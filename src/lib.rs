@@ -2,9 +2,16 @@
 //! the labelled images, scores an unlabelled pool by uncertainty, buys the best batch within a
 //! budget, retrains, and measures the gain over random purchases.
 
+pub mod active;
+pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
+pub mod io;
+pub mod model;
+pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use backend::{Backend, BackendHandle, DeviceChoice};
 pub use error::{Error, Result};

@@ -1,0 +1,2 @@
+//! PROVISIONAL stand-in (branch `active`).
+pub mod metrics;
