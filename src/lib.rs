@@ -4,9 +4,11 @@
 
 pub mod active;
 pub mod autograd;
+pub mod bench;
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod experiment;
 pub mod io;
 pub mod model;
 pub mod optim;

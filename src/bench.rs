@@ -1,0 +1,205 @@
+//! Throughput measurements for `labelwise bench`: per-op timings at ResNet18's shapes and
+//! whole training and inference steps, on any backend.
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::autograd::Graph;
+use crate::backend::{BackendHandle, BatchNormParams, Conv2dParams, CosFaceParams, PoolParams};
+use crate::error::Result;
+use crate::model::{Model, ModelConfig, IMAGENET_MEAN, IMAGENET_STD};
+use crate::optim::{Adam, AdamConfig};
+use crate::tensor::Tensor;
+
+/// The median, minimum and maximum of repeated timings, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One op's measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTiming {
+    pub op: String,
+    pub shape: String,
+    pub timing: Timing,
+    /// Floating-point operations of one call, where counted.
+    pub flops: Option<f64>,
+}
+
+impl OpTiming {
+    /// Achieved GFLOP/s at the median time.
+    pub fn gflops(&self) -> Option<f64> {
+        self.flops.map(|f| f / (self.timing.median_ms * 1e-3) / 1e9)
+    }
+}
+
+/// Whole-model throughput.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelTiming {
+    pub image_size: usize,
+    pub batch: usize,
+    pub train_step: Timing,
+    pub inference: Timing,
+}
+
+impl ModelTiming {
+    pub fn train_images_per_s(&self) -> f64 {
+        self.batch as f64 / (self.train_step.median_ms * 1e-3)
+    }
+
+    pub fn inference_images_per_s(&self) -> f64 {
+        self.batch as f64 / (self.inference.median_ms * 1e-3)
+    }
+}
+
+/// Times `f` `reps` times after `warmup` calls; `f` must leave its results computed (for
+/// asynchronous backends it synchronises by reading a value back).
+fn time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(Timing {
+        median_ms: samples[samples.len() / 2],
+        min_ms: samples[0],
+        max_ms: samples[samples.len() - 1],
+    })
+}
+
+fn random(backend: &BackendHandle, shape: &[usize], rng: &mut StdRng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    backend.from_host(&v, shape)
+}
+
+/// The convolutions of ResNet18 at `image_size`: (name, input H=W, C_in, C_out, k, stride, pad).
+fn resnet_convs(image_size: usize) -> Vec<(String, usize, usize, usize, usize, usize, usize)> {
+    let out = |h: usize, k: usize, s: usize, p: usize| (h + 2 * p - k) / s + 1;
+    let mut v = vec![("conv1 7x7/2".to_string(), image_size, 3, 64, 7, 2, 3)];
+    let mut h = out(out(image_size, 7, 2, 3), 3, 2, 1);
+    let mut c = 64;
+    for (layer, width) in [64usize, 128, 256, 512].into_iter().enumerate() {
+        let stride = if layer == 0 { 1 } else { 2 };
+        v.push((format!("layer{} 3x3/{stride}", layer + 1), h, c, width, 3, stride, 1));
+        if stride == 2 {
+            v.push((format!("layer{} down 1x1/2", layer + 1), h, c, width, 1, 2, 0));
+        }
+        h = out(h, 3, stride, 1);
+        v.push((format!("layer{} 3x3/1", layer + 1), h, width, width, 3, 1, 1));
+        c = width;
+    }
+    v
+}
+
+/// Times every primitive ResNet18 training uses, at the shapes it uses them.
+pub fn ops(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize) -> Result<Vec<OpTiming>> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut out = Vec::new();
+    let sync = |t: &Tensor| t.backend().to_host(&t.reshape(&[t.len()])?).map(|_| ());
+
+    for (name, h, ci, co, k, s, p) in resnet_convs(image_size) {
+        let x = random(backend, &[batch, h, h, ci], &mut rng)?;
+        let w = random(backend, &[co, k, k, ci], &mut rng)?;
+        let cp = Conv2dParams { stride: s, padding: p };
+        let ho = (h + 2 * p - k) / s + 1;
+        let dy = random(backend, &[batch, ho, ho, co], &mut rng)?;
+        let flops = 2.0 * (batch * ho * ho * co * k * k * ci) as f64;
+        let shape = format!("{batch}x{h}x{h}x{ci} -> {co}");
+        let t = time(1, reps, || sync(&backend.conv2d_fwd(&x, &w, None, cp)?))?;
+        out.push(OpTiming { op: format!("conv fwd {name}"), shape: shape.clone(), timing: t, flops: Some(flops) });
+        let t = time(1, reps, || sync(&backend.conv2d_bwd_data(&dy, &w, x.shape(), cp)?))?;
+        out.push(OpTiming { op: format!("conv bwd-data {name}"), shape: shape.clone(), timing: t, flops: Some(flops) });
+        let t = time(1, reps, || sync(&backend.conv2d_bwd_filter(&x, &dy, w.shape(), cp)?))?;
+        out.push(OpTiming { op: format!("conv bwd-filter {name}"), shape, timing: t, flops: Some(flops) });
+    }
+
+    // Batch norm, ReLU and max pool at the stem's output, the largest activation.
+    let h = (image_size + 6 - 7) / 2 + 1;
+    let x = random(backend, &[batch, h, h, 64], &mut rng)?;
+    let gamma = random(backend, &[64], &mut rng)?;
+    let beta = random(backend, &[64], &mut rng)?;
+    let bn = BatchNormParams { eps: 1e-5 };
+    let shape = format!("{batch}x{h}x{h}x64");
+    let t = time(1, reps, || sync(&backend.batch_norm_fwd_train(&x, &gamma, &beta, bn)?.y))?;
+    out.push(OpTiming { op: "batch norm fwd".into(), shape: shape.clone(), timing: t, flops: None });
+    let stats = backend.batch_norm_fwd_train(&x, &gamma, &beta, bn)?;
+    let t = time(1, reps, || sync(&backend.batch_norm_bwd(&x, &x, &gamma, &stats.mean, &stats.var, bn)?.0))?;
+    out.push(OpTiming { op: "batch norm bwd".into(), shape: shape.clone(), timing: t, flops: None });
+    let t = time(1, reps, || sync(&backend.relu_fwd(&x)?))?;
+    out.push(OpTiming { op: "relu fwd".into(), shape: shape.clone(), timing: t, flops: None });
+    let pool = PoolParams { kernel: 3, stride: 2, padding: 1 };
+    let t = time(1, reps, || sync(&backend.max_pool_fwd(&x, pool)?))?;
+    out.push(OpTiming { op: "max pool fwd".into(), shape, timing: t, flops: None });
+
+    // The CosFace head and a fused Adam update over all of ResNet18's weights.
+    let emb = random(backend, &[batch, 512], &mut rng)?;
+    let head = random(backend, &[10, 512], &mut rng)?;
+    let cf = CosFaceParams { margin: 0.2, scale: 16.0, multilabel: false };
+    let t = time(1, reps, || sync(&backend.cosface_fwd(&emb, &head, None, cf)?))?;
+    out.push(OpTiming { op: "cosface fwd".into(), shape: format!("{batch}x512 x 10"), timing: t, flops: None });
+    let n = 11_176_512;
+    let g = random(backend, &[n], &mut rng)?;
+    let mut p = random(backend, &[n], &mut rng)?;
+    let mut m = backend.zeros(&[n])?;
+    let mut v = backend.zeros(&[n])?;
+    let mut step = 0;
+    let t = time(1, reps, || {
+        step += 1;
+        let ap = crate::backend::AdamParams {
+            lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, step,
+        };
+        backend.adam_update(&mut p, &g, &mut m, &mut v, ap)?;
+        backend.to_host(&backend.channel_sum(&m.reshape(&[n, 1])?)?).map(|_| ())
+    })?;
+    out.push(OpTiming { op: "adam (all weights)".into(), shape: format!("{n}"), timing: t, flops: None });
+    Ok(out)
+}
+
+/// Times a full training step (forward, backward, Adam) and an inference pass of ResNet18 +
+/// CosFace with 10 labels.
+pub fn model(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize) -> Result<ModelTiming> {
+    let config = ModelConfig {
+        label_names: (0..10).map(|i| format!("c{i}")).collect(),
+        multilabel: false,
+        image_size,
+        margin: 0.2,
+        scale: 16.0,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+    let mut model = Model::new(backend.clone(), config, 0)?;
+    let mut adam = Adam::new(&mut model, AdamConfig::default())?;
+    let mut rng = StdRng::seed_from_u64(1);
+    let x = random(backend, &[batch, image_size, image_size, 3], &mut rng)?;
+    let mut t = vec![0.0f32; batch * 10];
+    for i in 0..batch {
+        t[i * 10 + i % 10] = 1.0;
+    }
+    let targets = backend.from_host(&t, &[batch, 10])?;
+
+    let train_step = time(1, reps, || {
+        let mut g = Graph::new(backend.clone(), true);
+        let fwd = model.forward(&mut g, x.clone(), Some(&targets))?;
+        let loss = g.cross_entropy(&fwd.logits, &targets, false)?;
+        loss.value.scalar()?;
+        let grads = g.backward(&loss)?;
+        adam.update(&mut model, grads, fwd.slots)
+    })?;
+    let inference = time(1, reps, || {
+        let mut g = Graph::new(backend.clone(), false);
+        let fwd = model.forward(&mut g, x.clone(), None)?;
+        fwd.logits.value.to_vec().map(|_| ())
+    })?;
+    Ok(ModelTiming { image_size, batch, train_step, inference })
+}

@@ -1,0 +1,356 @@
+//! The subcommands.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+
+use labelwise::active::metrics;
+use labelwise::active::select::Pool;
+use labelwise::active::Strategy;
+use labelwise::backend::{self, Aggregate, BackendHandle};
+use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
+use labelwise::experiment::{self, ExperimentConfig, ModelSettings};
+use labelwise::model::{Model, IMAGENET_MEAN, IMAGENET_STD};
+use labelwise::optim::AdamConfig;
+use labelwise::train::{self, TrainConfig};
+
+use super::output;
+use super::progress::Reporter;
+use super::{EmbedArgs, EvaluateArgs, FashionMnistArgs, Global, LossChoice, PurchaseArgs, Recipe};
+use super::{BenchArgs, RunArgs, TrainArgs};
+
+fn open_backend(global: &Global) -> anyhow::Result<BackendHandle> {
+    Ok(backend::open(global.device)?)
+}
+
+fn parse_aggregate(s: &str) -> anyhow::Result<Aggregate> {
+    match s {
+        "mean" => Ok(Aggregate::Mean),
+        "max" => Ok(Aggregate::Max),
+        "sum" => Ok(Aggregate::Sum),
+        _ => bail!("unknown aggregate {s:?} (expected mean, max or sum)"),
+    }
+}
+
+fn load(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
+    Dataset::load_folder(dir, size, &LoadOptions::default())
+        .with_context(|| format!("loading {}", dir.display()))
+}
+
+impl Recipe {
+    fn settings(&self) -> ModelSettings {
+        ModelSettings {
+            image_size: self.image_size,
+            margin: self.margin,
+            scale: self.scale,
+            multilabel: match self.loss {
+                LossChoice::Auto => None,
+                LossChoice::Softmax => Some(false),
+                LossChoice::Sigmoid => Some(true),
+            },
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    fn train_config(&self, epochs: usize) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            batch_size: self.batch_size,
+            adam: AdamConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                decoupled: self.adamw,
+                ..AdamConfig::default()
+            },
+            seed: self.seed,
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.batch_size < 2 {
+            bail!("--batch-size must be at least 2 (batch norm needs two images)");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("--val-fraction must be in [0, 1)");
+        }
+        if self.image_size < 8 {
+            bail!("--image-size must be at least 8");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// The start-up table of the resolved configuration.
+fn print_config(global: &Global, backend: &BackendHandle, rows: &[(&str, String)]) {
+    if global.quiet {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    println!("labelwise {}", env!("CARGO_PKG_VERSION"));
+    println!("  {:<18} {} ({} threads)", "device", backend.name(), threads);
+    println!("  {:<18} {}", "cuda kernels", labelwise::backend::cuda::kernel_build_summary());
+    for (k, v) in rows {
+        println!("  {k:<18} {v}");
+    }
+}
+
+fn recipe_rows(r: &Recipe, epochs: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("image size", format!("{}px", r.image_size)),
+        ("epochs", epochs.to_string()),
+        ("batch size", r.batch_size.to_string()),
+        ("optimiser", format!("{} lr {} wd {}", if r.adamw { "AdamW" } else { "Adam" }, r.lr, r.weight_decay)),
+        ("cosface", format!("m {} s {}", r.margin, r.scale)),
+        ("seed", r.seed.to_string()),
+    ]
+}
+
+pub fn import_fashion_mnist(global: &Global, a: &FashionMnistArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let opts = fashion_mnist::ImportOptions {
+        limit_train: a.limit_train,
+        limit_test: a.limit_test,
+        seed: a.seed,
+        mosaic: a.mosaic,
+    };
+    let summary = fashion_mnist::import(&a.source, &a.out, &opts)?;
+    if !global.quiet {
+        println!("{summary}");
+        println!("imported into {} in {:.1}s", a.out.display(), start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
+    a.recipe.check()?;
+    let backend = open_backend(global)?;
+    let data = load(&a.data, a.recipe.image_size)?;
+    let config = a.recipe.settings().config_for(&data);
+    let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
+    rows.insert(0, ("data", format!("{} ({} images, {} labels)", a.data.display(), data.len(), data.num_labels())));
+    rows.push(("loss", if config.multilabel { "sigmoid (multi-label)" } else { "softmax" }.into()));
+    print_config(global, &backend, &rows);
+
+    let all: Vec<usize> = (0..data.len()).collect();
+    let (train_idx, val_idx) = train::split_train_val(&all, a.recipe.val_fraction, a.recipe.seed);
+    let mut model = Model::new(backend, config, a.recipe.seed)?;
+    let mut reporter = Reporter::new(global.quiet);
+    let epochs = train::fit(
+        &mut model,
+        &data,
+        &train_idx,
+        &val_idx,
+        &a.recipe.train_config(a.recipe.epochs),
+        &mut |p| reporter.training(p),
+    )?;
+    model.save(&a.out).with_context(|| format!("saving {}", a.out.display()))?;
+    if let Some(last) = epochs.last().and_then(|e| e.val.as_ref()) {
+        output::note_undefined_f1(&last.metrics, &data.label_names);
+    }
+    if a.curves {
+        let stem = a.out.with_extension("");
+        output::write_epochs(&stem.with_extension("epochs.csv"), &epochs)?;
+        output::plot_epochs(&stem.with_extension("epochs.png"), "training", &epochs)?;
+    }
+    if !global.quiet {
+        println!("saved {}", a.out.display());
+    }
+    Ok(())
+}
+
+pub fn embed(global: &Global, a: &EmbedArgs) -> anyhow::Result<()> {
+    let backend = open_backend(global)?;
+    let mut model = Model::load(&a.model, backend)?;
+    let mut data = load(&a.images, model.config.image_size)?;
+    data.labels = None;
+    let all: Vec<usize> = (0..data.len()).collect();
+    let inference = train::infer(&mut model, &data, &all, a.batch_size)?;
+    let predictions = metrics::predict(&inference.probabilities, model.num_labels(), model.config.multilabel)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    output::write_matrix(&a.out.join("embeddings.csv"), &data.files, &output::numbered("e", labelwise::model::EMBEDDING_DIM), &inference.embeddings)?;
+    output::write_matrix(&a.out.join("probabilities.csv"), &data.files, &model.config.label_names, &inference.probabilities)?;
+    data::write_labels_csv(&a.out.join("predictions.csv"), &model.config.label_names, &data.files, &predictions)?;
+    if !global.quiet {
+        println!("wrote embeddings, probabilities and predictions of {} images to {}", data.len(), a.out.display());
+    }
+    Ok(())
+}
+
+pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
+    let strategy: Strategy = a.strategy.parse()?;
+    let aggregate = parse_aggregate(&a.aggregate)?;
+    let backend = open_backend(global)?;
+    let mut model = Model::load(&a.model, backend.clone())?;
+    let mut data = load(&a.pool, model.config.image_size)?;
+    data.labels = None;
+    let mut pool = Pool::new(data.files.clone());
+
+    // Files already labelled or bought are never offered.
+    if let Some(path) = &a.exclude {
+        let excluded = output::read_first_column(path)?;
+        let index: HashMap<&str, usize> = data.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+        let known: Vec<usize> = excluded.iter().filter_map(|f| index.get(f.as_str()).copied()).collect();
+        pool.mark_bought(&known)?;
+        if !global.quiet {
+            println!("excluding {} of {} listed files found in the pool", known.len(), excluded.len());
+        }
+    }
+
+    let all: Vec<usize> = (0..data.len()).collect();
+    let inference = train::infer(&mut model, &data, &all, a.batch_size)?;
+    let chosen = experiment::choose(
+        &strategy,
+        &backend,
+        &inference,
+        &pool,
+        a.budget,
+        aggregate,
+        model.config.multilabel,
+        model.num_labels(),
+        a.seed,
+    )?;
+    output::write_purchase(&a.out, &chosen.iter().map(|&(i, s)| (data.files[i].clone(), s)).collect::<Vec<_>>())?;
+    if !global.quiet {
+        println!("chose {} of {} available images by {strategy}; wrote {}", chosen.len(), pool.available().len() + chosen.len(), a.out.display());
+    }
+    Ok(())
+}
+
+pub fn evaluate(global: &Global, a: &EvaluateArgs) -> anyhow::Result<()> {
+    let truth = data::read_labels_csv(&a.labels)?;
+    let pred = data::read_labels_csv(&a.predictions)?;
+    if truth.label_names != pred.label_names {
+        bail!(
+            "{} has labels {:?} but {} has {:?}",
+            a.predictions.display(),
+            pred.label_names,
+            a.labels.display(),
+            truth.label_names
+        );
+    }
+    let l = truth.label_names.len();
+    let row_of: HashMap<&str, usize> = truth.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+    let (mut y_true, mut y_pred) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for (j, f) in pred.files.iter().enumerate() {
+        let i = *row_of
+            .get(f.as_str())
+            .ok_or_else(|| anyhow!("{}: {f:?} has no row in {}", a.predictions.display(), a.labels.display()))?;
+        seen.insert(i);
+        y_true.extend_from_slice(&truth.labels[i * l..(i + 1) * l]);
+        y_pred.extend_from_slice(&pred.labels[j * l..(j + 1) * l]);
+    }
+    if seen.len() < truth.files.len() {
+        log::warn!("{} of {} labelled files have no prediction and are not scored", truth.files.len() - seen.len(), truth.files.len());
+    }
+    let m = metrics::evaluate(&y_true, &y_pred, l)?;
+    println!("images        {}", pred.files.len());
+    println!("macro F1      {:.4}", m.macro_f1);
+    println!("exact match   {:.4}", m.exact_match);
+    println!("Hamming loss  {:.4}", m.hamming_loss);
+    output::note_undefined_f1(&m, &truth.label_names);
+    if let Some(path) = &a.json {
+        output::write_metrics_json(path, &m, &truth.label_names)?;
+    }
+    let _ = global;
+    Ok(())
+}
+
+pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
+    a.recipe.check()?;
+    let backend = open_backend(global)?;
+    let size = a.recipe.image_size;
+
+    // The data: the user's three folders, or the embedded Fashion-MNIST subset.
+    let (labelled, pool, test, source) = match (&a.labelled, &a.pool, &a.test) {
+        (Some(l), Some(p), Some(t)) => (load(l, size)?, load(p, size)?, load(t, size)?, format!("{}", l.display())),
+        _ => {
+            let splits = fashion_mnist::embedded()?;
+            let train = splits.train.resized(size);
+            if a.initial_labelled < 2 || a.initial_labelled >= train.len() {
+                bail!("--initial-labelled must be between 2 and {}", train.len() - 1);
+            }
+            let order = labelwise::train::split_train_val(&(0..train.len()).collect::<Vec<_>>(), 0.0, a.recipe.seed ^ 0x5eed).0;
+            let labelled = train.subset(&order[..a.initial_labelled]);
+            let pool = train.subset(&order[a.initial_labelled..]);
+            (labelled, pool, splits.test.resized(size), "embedded Fashion-MNIST subset".to_string())
+        }
+    };
+
+    let mut strategies: Vec<Strategy> = a.strategies.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    if !strategies.contains(&Strategy::Random) {
+        strategies.insert(0, Strategy::Random);
+    }
+    let cfg = ExperimentConfig {
+        model: a.recipe.settings(),
+        pretrain: a.recipe.train_config(a.recipe.epochs),
+        retrain: a.recipe.train_config(a.retrain_epochs),
+        val_fraction: a.recipe.val_fraction,
+        budget: a.budget,
+        rounds: a.rounds,
+        strategies,
+        aggregate: parse_aggregate(&a.aggregate)?,
+        seed: a.recipe.seed,
+        infer_batch: 128,
+    };
+    let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
+    rows.insert(0, ("data", format!("{source}: {} labelled, {} pool, {} test, {} labels", labelled.len(), pool.len(), test.len(), labelled.num_labels())));
+    rows.push(("retrain epochs", a.retrain_epochs.to_string()));
+    rows.push(("budget", format!("{} labels in {} round(s)", a.budget, a.rounds)));
+    rows.push(("strategies", cfg.strategies.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")));
+    rows.push(("output", a.out.display().to_string()));
+    print_config(global, &backend, &rows);
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut reporter = Reporter::new(global.quiet);
+    let report = experiment::run(backend, &labelled, &pool, &test, &cfg, &mut |e| reporter.experiment(e))?;
+
+    println!();
+    println!("{}", output::results_table(&report));
+    output::note_undefined_f1(&report.baseline, &report.label_names);
+    output::write_run(&a.out, &report)?;
+    println!("wrote results.json, results.csv, learning_curve.csv/.png, pretrain_epochs.csv/.png and purchases/ to {} ({:.0}s in all)", a.out.display(), report.seconds);
+    Ok(())
+}
+
+pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
+    if a.batch_size < 2 || a.image_size < 8 {
+        bail!("--batch-size must be at least 2 and --image-size at least 8");
+    }
+    let backend = open_backend(global)?;
+    print_config(
+        global,
+        &backend,
+        &[("image size", format!("{}px", a.image_size)), ("batch size", a.batch_size.to_string()), ("repetitions", a.reps.to_string())],
+    );
+    let mut doc = serde_json::json!({
+        "device": backend.name(), "threads": rayon::current_num_threads(),
+        "image_size": a.image_size, "batch": a.batch_size,
+    });
+    if !a.model_only {
+        let ops = labelwise::bench::ops(&backend, a.image_size, a.batch_size, a.reps)?;
+        println!("{}", output::ops_table(&ops));
+        doc["ops"] = serde_json::json!(ops.iter().map(|o| serde_json::json!({
+            "op": o.op, "shape": o.shape, "median_ms": o.timing.median_ms,
+            "min_ms": o.timing.min_ms, "max_ms": o.timing.max_ms, "gflops": o.gflops(),
+        })).collect::<Vec<_>>());
+    }
+    let m = labelwise::bench::model(&backend, a.image_size, a.batch_size, a.reps)?;
+    println!(
+        "ResNet18 + CosFace, {}px, batch {}: training {:.1} images/s (step {:.1} ms, min {:.1}, max {:.1}); inference {:.1} images/s",
+        m.image_size, m.batch, m.train_images_per_s(), m.train_step.median_ms, m.train_step.min_ms, m.train_step.max_ms, m.inference_images_per_s()
+    );
+    doc["train_images_per_s"] = serde_json::json!(m.train_images_per_s());
+    doc["inference_images_per_s"] = serde_json::json!(m.inference_images_per_s());
+    doc["train_step_ms"] = serde_json::json!(m.train_step.median_ms);
+    if let Some(path) = &a.json {
+        labelwise::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    Ok(())
+}

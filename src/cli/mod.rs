@@ -1,0 +1,314 @@
+//! Command-line definitions and dispatch.
+
+mod commands;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use labelwise::backend::DeviceChoice;
+
+/// Decides which labels to buy: trains ResNet18 + CosFace on labelled images, scores an
+/// unlabelled pool by uncertainty, buys within a budget, retrains, and reports the gain over
+/// random purchases.
+///
+/// With no subcommand, runs the whole experiment (`labelwise run`) on the embedded
+/// Fashion-MNIST subset.
+#[derive(Parser, Debug)]
+#[command(name = "labelwise", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Compute device: auto (CUDA when present, else CPU), cpu or cuda.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// CPU threads (0 = one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
+    /// Print only warnings, errors and the final results.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: labelwise::Error| e.to_string())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Turn a public dataset into the challenge layout (images/ + labels.csv).
+    Import(ImportArgs),
+    /// Train ResNet18 + CosFace on a labelled folder and save the model as safetensors.
+    Train(TrainArgs),
+    /// Write embeddings and per-label probabilities for a folder of images.
+    Embed(EmbedArgs),
+    /// Rank an unlabelled folder by a strategy and write the files to buy.
+    Purchase(PurchaseArgs),
+    /// Score a predictions file against a labels.csv.
+    Evaluate(EvaluateArgs),
+    /// The whole experiment: pre-train, buy by each strategy, retrain, evaluate.
+    Run(RunArgs),
+    /// Time the primitives at ResNet18's shapes and a whole training step on this device.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Square image size of the benchmarked model.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Timed repetitions per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Skip the per-op table and time only the whole model.
+    #[arg(long)]
+    pub model_only: bool,
+    /// Also write the measurements as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub dataset: ImportDataset,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportDataset {
+    /// Fashion-MNIST's IDX files (Debian package `dataset-fashion-mnist`) to
+    /// OUT/train and OUT/test, one 0/1 column per class.
+    FashionMnist(FashionMnistArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FashionMnistArgs {
+    /// Folder holding the four IDX files (gzip or raw).
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    pub source: PathBuf,
+    /// Output folder; gets train/ and test/ in the challenge layout.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Keep at most this many training images (a seeded random subset).
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Keep at most this many test images (a seeded random subset).
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// Build NxN mosaics of random images whose labels are the classes present (multi-label).
+    #[arg(long)]
+    pub mosaic: Option<usize>,
+    /// Seed for subsets and mosaics.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Model and optimiser options shared by `train` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct Recipe {
+    /// Training epochs.
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    /// Images per training batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Weight decay (added to the gradient; decoupled with --adamw).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Use AdamW (decoupled weight decay) instead of Adam.
+    #[arg(long)]
+    pub adamw: bool,
+    /// CosFace margin m (training only).
+    #[arg(long, default_value_t = 0.2)]
+    pub margin: f32,
+    /// CosFace scale s.
+    #[arg(long, default_value_t = 16.0)]
+    pub scale: f32,
+    /// Images are resized to this square size.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// Fraction of the labelled images held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f32,
+    /// Loss: auto (sigmoid when any image has other than one label), softmax or sigmoid.
+    #[arg(long, value_enum, default_value_t = LossChoice::Auto)]
+    pub loss: LossChoice,
+    /// Seed for initialisation, splits and batch order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossChoice {
+    Auto,
+    Softmax,
+    Sigmoid,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Labelled folder (images/ + labels.csv).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to save the model (safetensors).
+    #[arg(long, short, default_value = "model.safetensors")]
+    pub out: PathBuf,
+    /// Also write per-epoch metrics (CSV) and a plot of them beside the model.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub curves: bool,
+    #[command(flatten)]
+    pub recipe: Recipe,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// A model saved by `labelwise train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder with images/ (labels.csv, if any, is ignored).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Output folder: embeddings.csv, probabilities.csv and predictions.csv.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PurchaseArgs {
+    /// A model saved by `labelwise train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Unlabelled folder (images/) to buy from.
+    #[arg(long)]
+    pub pool: PathBuf,
+    /// Ranking strategy (see `labelwise run --help` for the list and formulas).
+    #[arg(long, default_value = "entropy")]
+    pub strategy: String,
+    /// How multi-label per-label scores combine: mean, max or sum.
+    #[arg(long, default_value = "mean")]
+    pub aggregate: String,
+    /// Most labels to buy.
+    #[arg(long)]
+    pub budget: usize,
+    /// A CSV whose first column lists files already labelled or bought; they are never chosen.
+    #[arg(long)]
+    pub exclude: Option<PathBuf>,
+    /// Output CSV: rank, file, score.
+    #[arg(long, short, default_value = "purchase.csv")]
+    pub out: PathBuf,
+    /// Seed for the random strategy.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Predictions CSV (file, then one 0/1 column per label), as `labelwise embed` writes.
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// Ground truth labels.csv.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Also write the metrics as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Labelled folder. Without --labelled/--pool/--test the embedded Fashion-MNIST subset is
+    /// used: its training part split into labelled and pool, its test part as the test set.
+    #[arg(long, requires_all = ["pool", "test"])]
+    pub labelled: Option<PathBuf>,
+    /// Unlabelled pool folder; its labels.csv is the oracle, read only for bought images.
+    #[arg(long, requires_all = ["labelled", "test"])]
+    pub pool: Option<PathBuf>,
+    /// Held-out test folder.
+    #[arg(long, requires_all = ["labelled", "pool"])]
+    pub test: Option<PathBuf>,
+    /// With the embedded dataset: how many of its 4,000 training images start labelled.
+    #[arg(long, default_value_t = 500)]
+    pub initial_labelled: usize,
+    /// Labels each strategy buys in total.
+    #[arg(long, default_value_t = 500)]
+    pub budget: usize,
+    /// Purchase rounds (buy, retrain, rescore).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Strategies to compare, comma-separated; random is always included as the baseline.
+    #[arg(long, value_delimiter = ',', default_value = "random,least-confidence,margin,entropy")]
+    pub strategies: Vec<String>,
+    /// How multi-label per-label scores combine: mean, max or sum.
+    #[arg(long, default_value = "mean")]
+    pub aggregate: String,
+    /// Epochs of retraining after each purchase (same recipe for every strategy).
+    #[arg(long, default_value_t = 4)]
+    pub retrain_epochs: usize,
+    /// Output folder for results.json, results.csv, curves and purchase lists.
+    #[arg(long, short, default_value = "labelwise-out")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub recipe: Recipe,
+}
+
+/// Sets up the `log` facade for the library's messages.
+pub fn init_logging(global: &Global) {
+    let level = if global.quiet { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+}
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if cli.global.threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(cli.global.threads).build_global()?;
+    }
+    let global = cli.global;
+    match cli.command {
+        None => commands::run(&global, &RunArgs::defaults()),
+        Some(Command::Import(a)) => match a.dataset {
+            ImportDataset::FashionMnist(f) => commands::import_fashion_mnist(&global, &f),
+        },
+        Some(Command::Train(a)) => commands::train(&global, &a),
+        Some(Command::Embed(a)) => commands::embed(&global, &a),
+        Some(Command::Purchase(a)) => commands::purchase(&global, &a),
+        Some(Command::Evaluate(a)) => commands::evaluate(&global, &a),
+        Some(Command::Run(a)) => commands::run(&global, &a),
+        Some(Command::Bench(a)) => commands::bench(&global, &a),
+    }
+}
+
+impl RunArgs {
+    /// `labelwise run` with every default, for the bare `labelwise` command.
+    fn defaults() -> RunArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        Wrapper::parse_from(["labelwise"]).run
+    }
+}
