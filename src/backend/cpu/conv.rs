@@ -315,3 +315,162 @@ fn check_dy(op: &'static str, g: &ConvGeometry, dy: &Tensor) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testing::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+
+    /// `(N, H, W, Ci, Co, k, stride, padding)`: odd sizes, every kernel/stride/padding mix
+    /// ResNet18 uses plus padding wider than it needs.
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+        (1, 5, 7, 3, 5, 3, 1, 1),
+        (3, 5, 7, 3, 4, 3, 2, 0),
+        (3, 7, 5, 5, 7, 7, 2, 3),
+        (1, 5, 7, 7, 3, 1, 1, 0),
+        (3, 5, 7, 5, 3, 1, 2, 0),
+        (3, 6, 6, 3, 5, 3, 2, 1),
+        (1, 9, 9, 2, 3, 7, 1, 3),
+        (3, 4, 5, 3, 2, 3, 3, 3),
+    ];
+
+    fn geometry(case: (usize, usize, usize, usize, usize, usize, usize, usize)) -> ConvGeometry {
+        let (n, h, w, ci, co, k, stride, padding) = case;
+        ConvGeometry::new("test", &[n, h, w, ci], &[co, k, k, ci], Conv2dParams { stride, padding })
+            .expect("valid test geometry")
+    }
+
+    /// Input pixel `(ih, iw)` read by output `(oh, ow)` through tap `(kh, kw)`, if not padding.
+    fn tap(g: &ConvGeometry, oh: usize, ow: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        let ih = (oh * g.stride + kh).checked_sub(g.padding)?;
+        let iw = (ow * g.stride + kw).checked_sub(g.padding)?;
+        (ih < g.h && iw < g.w).then_some((ih, iw))
+    }
+
+    /// Calls `f(y index, x index, w index)` for every multiply-add of the direct 7-loop
+    /// convolution.
+    fn direct(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize)) {
+        for n in 0..g.n {
+            for oh in 0..g.ho {
+                for ow in 0..g.wo {
+                    for co in 0..g.co {
+                        for kh in 0..g.k {
+                            for kw in 0..g.k {
+                                let Some((ih, iw)) = tap(g, oh, ow, kh, kw) else { continue };
+                                for ci in 0..g.ci {
+                                    let yi = ((n * g.ho + oh) * g.wo + ow) * g.co + co;
+                                    let xi = ((n * g.h + ih) * g.w + iw) * g.ci + ci;
+                                    let wi = ((co * g.k + kh) * g.k + kw) * g.ci + ci;
+                                    f(yi, xi, wi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forward and both backwards of the f32 backend against direct loops in f64.
+    fn check_against_direct(case_index: usize, g: &ConvGeometry) {
+        let p = Conv2dParams { stride: g.stride, padding: g.padding };
+        let seed = 100 + case_index as u64;
+        let x = random(seed, g.n * g.h * g.w * g.ci, -1.0, 1.0);
+        let w = random(seed + 1, g.co * g.patch_len(), -1.0, 1.0);
+        let b = random(seed + 2, g.co, -1.0, 1.0);
+        let dy = random(seed + 3, g.n * g.ho * g.wo * g.co, -1.0, 1.0);
+        let (x, w, b, dy) = (to_f64(&to_f32(&x)), to_f64(&to_f32(&w)), to_f64(&to_f32(&b)), to_f64(&to_f32(&dy)));
+
+        let mut y = vec![0.0; dy.len()];
+        for (i, yv) in y.iter_mut().enumerate() {
+            *yv = b[i % g.co];
+        }
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        direct(g, |yi, xi, wi| {
+            y[yi] += x[xi] * w[wi];
+            dx[xi] += dy[yi] * w[wi];
+            dw[wi] += dy[yi] * x[xi];
+        });
+
+        let cpu = CpuBackend;
+        let (xt, wt, bt) = (tensor(&x, &[g.n, g.h, g.w, g.ci]), tensor(&w, &[g.co, g.k, g.k, g.ci]), tensor(&b, &[g.co]));
+        let dyt = tensor(&dy, &g.y_shape());
+        let got_y = cpu.conv2d_fwd(&xt, &wt, Some(&bt), p).expect("conv2d_fwd");
+        assert_eq!(got_y.shape(), g.y_shape());
+        let got_dx = cpu.conv2d_bwd_data(&dyt, &wt, xt.shape(), p).expect("conv2d_bwd_data");
+        let got_dw = cpu.conv2d_bwd_filter(&xt, &dyt, wt.shape(), p).expect("conv2d_bwd_filter");
+        let name = |what| format!("{what} {g:?}");
+        assert_close(&name("forward"), &values(&got_y), &y, F32_VS_F64);
+        assert_close(&name("backward data"), &values(&got_dx), &dx, F32_VS_F64);
+        assert_close(&name("backward filter"), &values(&got_dw), &dw, F32_VS_F64);
+    }
+
+    #[test]
+    fn matches_direct_loops() {
+        for (i, &case) in CASES.iter().enumerate() {
+            check_against_direct(i, &geometry(case));
+        }
+    }
+
+    #[test]
+    fn matches_direct_loops_when_chunked() {
+        // 48x48x64 with a 3x3 kernel needs 2304 * 576 col elements per image: 3 fit one
+        // COL_BUDGET, so 5 images run as chunks of 3 and 2, exercising the chunk loop, a
+        // partial last chunk and the filter-gradient summation across chunks.
+        let g = geometry((5, 48, 48, 64, 4, 3, 1, 1));
+        assert_eq!(g.images_per_chunk(), 3);
+        check_against_direct(99, &g);
+    }
+
+    #[test]
+    fn without_bias_is_bias_free() {
+        let g = geometry(CASES[0]);
+        let x = tensor(&random(1, g.n * g.h * g.w * g.ci, -1.0, 1.0), &[g.n, g.h, g.w, g.ci]);
+        let w = tensor(&random(2, g.co * g.patch_len(), -1.0, 1.0), &[g.co, g.k, g.k, g.ci]);
+        let b = tensor(&vec![0.0; g.co], &[g.co]);
+        let p = Conv2dParams { stride: g.stride, padding: g.padding };
+        let with = CpuBackend.conv2d_fwd(&x, &w, Some(&b), p).expect("with bias");
+        let without = CpuBackend.conv2d_fwd(&x, &w, None, p).expect("without bias");
+        assert_close("zero bias", &values(&with), &values(&without), HAND_F32);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for (i, &case) in CASES.iter().enumerate() {
+            let g = geometry(case);
+            let seed = 200 + 10 * i as u64;
+            let x = random(seed, g.n * g.h * g.w * g.ci, -1.0, 1.0);
+            let w = random(seed + 1, g.co * g.patch_len(), -1.0, 1.0);
+            let r = random(seed + 2, g.n * g.ho * g.wo * g.co, -1.0, 1.0);
+            let loss = |x: &[f64], w: &[f64]| {
+                dot(&r, &conv2d_fwd_kernel(&g, x, w, None).expect("forward"))
+            };
+
+            let dx = conv2d_bwd_data_kernel(&g, &r, &w).expect("backward data");
+            check_gradient(&format!("dx {g:?}"), &x, &dx, |x| loss(x, &w), GRAD_F64);
+            let dw = conv2d_bwd_filter_kernel(&g, &x, &r).expect("backward filter");
+            check_gradient(&format!("dw {g:?}"), &w, &dw, |w| loss(&x, w), GRAD_F64);
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let x = tensor(&random(1, 2 * 5 * 5 * 3, -1.0, 1.0), &[2, 5, 5, 3]);
+        let p = Conv2dParams { stride: 1, padding: 0 };
+        let wrong_ci = tensor(&random(2, 4 * 9 * 2, -1.0, 1.0), &[4, 3, 3, 2]);
+        let too_big = tensor(&random(3, 4 * 49 * 3, -1.0, 1.0), &[4, 7, 7, 3]);
+        let not_square = tensor(&random(4, 4 * 6 * 3, -1.0, 1.0), &[4, 3, 2, 3]);
+        for w in [&wrong_ci, &too_big, &not_square] {
+            assert!(matches!(CpuBackend.conv2d_fwd(&x, w, None, p), Err(Error::Shape { .. })));
+        }
+        let w = tensor(&random(5, 4 * 9 * 3, -1.0, 1.0), &[4, 3, 3, 3]);
+        let zero_stride = Conv2dParams { stride: 0, padding: 0 };
+        assert!(matches!(CpuBackend.conv2d_fwd(&x, &w, None, zero_stride), Err(Error::Shape { .. })));
+        let bad_dy = tensor(&random(6, 2 * 4 * 4 * 4, -1.0, 1.0), &[2, 4, 4, 4]);
+        assert!(matches!(CpuBackend.conv2d_bwd_data(&bad_dy, &w, x.shape(), p), Err(Error::Shape { .. })));
+        assert!(matches!(CpuBackend.conv2d_bwd_filter(&x, &bad_dy, w.shape(), p), Err(Error::Shape { .. })));
+    }
+}

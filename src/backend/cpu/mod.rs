@@ -14,6 +14,8 @@ mod loss;
 mod matmul;
 mod memory;
 mod pool;
+#[cfg(test)]
+mod testing;
 
 use crate::backend::*;
 use crate::error::{Error, Result};
