@@ -187,3 +187,111 @@ pub(super) fn avg_pool_global_bwd(dy: &Tensor, x_shape: &[usize]) -> Result<Tens
     }
     Ok(cpu_tensor(avg_pool_global_bwd_kernel(dy.cpu_slice(OP)?, h * w, c), x_shape))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testing::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+
+    /// `(input shape, kernel, stride, padding)`.
+    fn cases() -> Vec<([usize; 4], PoolParams)> {
+        let pp = |kernel, stride, padding| PoolParams { kernel, stride, padding };
+        vec![
+            ([3, 5, 7, 3], pp(3, 2, 1)),
+            ([1, 5, 7, 5], pp(2, 2, 0)),
+            ([3, 5, 7, 3], pp(3, 1, 1)),
+            ([1, 7, 5, 2], pp(3, 3, 2)),
+        ]
+    }
+
+    #[test]
+    fn max_pool_matches_direct_loops() {
+        for (i, (shape, p)) in cases().into_iter().enumerate() {
+            let g = PoolGeometry::new("test", &shape, p).expect("valid geometry");
+            // All inputs negative: a zero from padding would win if padding were not -inf.
+            let x = to_f64(&to_f32(&random(i as u64, shape.iter().product(), -2.0, -1.0)));
+            let mut want = vec![f64::NEG_INFINITY; g.n * g.ho * g.wo * g.c];
+            for n in 0..g.n {
+                for oh in 0..g.ho {
+                    for ow in 0..g.wo {
+                        for kh in 0..g.k {
+                            for kw in 0..g.k {
+                                let ih = (oh * g.stride + kh).wrapping_sub(g.padding);
+                                let iw = (ow * g.stride + kw).wrapping_sub(g.padding);
+                                if ih >= g.h || iw >= g.w {
+                                    continue;
+                                }
+                                for c in 0..g.c {
+                                    let o = &mut want[((n * g.ho + oh) * g.wo + ow) * g.c + c];
+                                    *o = o.max(x[((n * g.h + ih) * g.w + iw) * g.c + c]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let y = CpuBackend.max_pool_fwd(&tensor(&x, &shape), p).expect("max_pool_fwd");
+            assert_eq!(y.shape(), g.y_shape());
+            assert_close(&format!("max pool {shape:?} {p:?}"), &values(&y), &want, HAND_F32);
+        }
+    }
+
+    #[test]
+    fn max_pool_gradient_matches_finite_differences() {
+        for (i, (shape, p)) in cases().into_iter().enumerate() {
+            let g = PoolGeometry::new("test", &shape, p).expect("valid geometry");
+            // Distinct random values: no two within a window are closer than the FD step.
+            let x = random(10 + i as u64, shape.iter().product(), -1.0, 1.0);
+            let r = random(20 + i as u64, g.n * g.ho * g.wo * g.c, -1.0, 1.0);
+            let y = max_pool_fwd_kernel(&g, &x);
+            let dx = max_pool_bwd_kernel(&g, &r, &x, &y);
+            let loss = |x: &[f64]| dot(&r, &max_pool_fwd_kernel(&g, x));
+            check_gradient(&format!("max pool dx {shape:?} {p:?}"), &x, &dx, loss, GRAD_F64);
+        }
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_maximum() {
+        // One 2x2 window of equal values: the whole gradient lands on the top-left element.
+        let x = tensor(&[5.0, 5.0, 5.0, 5.0], &[1, 2, 2, 1]);
+        let p = PoolParams { kernel: 2, stride: 1, padding: 0 };
+        let y = CpuBackend.max_pool_fwd(&x, p).expect("max_pool_fwd");
+        let dy = tensor(&[3.0], &[1, 1, 1, 1]);
+        let dx = CpuBackend.max_pool_bwd(&dy, &x, &y, p).expect("max_pool_bwd");
+        assert_eq!(values(&dx), [3.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn global_average_pool_forward_and_gradient() {
+        let (n, h, w, c) = (3, 5, 7, 5);
+        let x = random(30, n * h * w * c, -1.0, 1.0);
+        let y = CpuBackend.avg_pool_global_fwd(&tensor(&x, &[n, h, w, c])).expect("fwd");
+        let mut want = vec![0.0; n * c];
+        for (i, v) in x.iter().enumerate() {
+            want[(i / (h * w * c)) * c + i % c] += v / (h * w) as f64;
+        }
+        assert_close("average pool", &values(&y), &want, F32_VS_F64);
+
+        let r = random(31, n * c, -1.0, 1.0);
+        let dx = avg_pool_global_bwd_kernel(&r, h * w, c);
+        let loss = |x: &[f64]| dot(&r, &avg_pool_global_fwd_kernel(x, n, h * w, c));
+        check_gradient("average pool dx", &x, &dx, loss, GRAD_F64);
+        let dx32 = CpuBackend.avg_pool_global_bwd(&tensor(&r, &[n, c]), &[n, h, w, c]).expect("bwd");
+        assert_close("average pool dx f32", &values(&dx32), &dx, F32_VS_F64);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let x = tensor(&random(1, 2 * 4 * 4 * 3, -1.0, 1.0), &[2, 4, 4, 3]);
+        let pad_too_wide = PoolParams { kernel: 2, stride: 1, padding: 2 };
+        assert!(matches!(CpuBackend.max_pool_fwd(&x, pad_too_wide), Err(Error::Shape { .. })));
+        let flat = tensor(&random(2, 6, -1.0, 1.0), &[2, 3]);
+        assert!(matches!(CpuBackend.avg_pool_global_fwd(&flat), Err(Error::Shape { .. })));
+        assert!(matches!(
+            CpuBackend.avg_pool_global_bwd(&flat, &[2, 4, 4, 4]),
+            Err(Error::Shape { .. })
+        ));
+    }
+}
