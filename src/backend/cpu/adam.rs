@@ -67,3 +67,99 @@ pub(super) fn adam_update(
     adam_kernel(param, grad, m, v, p);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testing::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+
+    fn params(decoupled: bool, weight_decay: f32, step: u32) -> AdamParams {
+        AdamParams { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decoupled, step }
+    }
+
+    /// Runs steps 1 and 2 on `p = [1, -2]` with gradients `g1` then `g2`.
+    fn two_steps(decoupled: bool, weight_decay: f32) -> (Vec<f64>, Vec<f64>) {
+        let mut param = tensor(&[1.0, -2.0], &[2]);
+        let mut m = tensor(&[0.0, 0.0], &[2]);
+        let mut v = tensor(&[0.0, 0.0], &[2]);
+        let g1 = tensor(&[0.5, -0.25], &[2]);
+        let g2 = tensor(&[-1.0, 0.5], &[2]);
+        let b = CpuBackend;
+        b.adam_update(&mut param, &g1, &mut m, &mut v, params(decoupled, weight_decay, 1))
+            .expect("step 1");
+        let after1 = values(&param);
+        b.adam_update(&mut param, &g2, &mut m, &mut v, params(decoupled, weight_decay, 2))
+            .expect("step 2");
+        (after1, values(&param))
+    }
+
+    /// `p - lr * m̂ / (sqrt(v̂) + eps)` for one element after steps with gradients `gs`.
+    fn by_hand(mut p: f64, gs: &[f64], wd: f64, decoupled: bool) -> f64 {
+        let (lr, b1, b2, eps) = (0.1, 0.9f32 as f64, 0.999f32 as f64, 1e-8f32 as f64);
+        let (mut m, mut v) = (0.0, 0.0);
+        for (t, &g) in gs.iter().enumerate() {
+            let t = t as i32 + 1;
+            let g = if decoupled { g } else { g + wd * p };
+            if decoupled {
+                p *= 1.0 - lr * wd;
+            }
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let m_hat = m / (1.0 - b1.powi(t));
+            let v_hat = v / (1.0 - b2.powi(t));
+            p -= lr * m_hat / (v_hat.sqrt() + eps);
+        }
+        p
+    }
+
+    #[test]
+    fn first_step_moves_by_learning_rate() {
+        // Step 1: m̂ = g and v̂ = g², so every parameter moves by lr against its gradient's sign.
+        let (after1, _) = two_steps(false, 0.0);
+        assert_close("adam step 1", &after1, &[0.9, -1.9], HAND_F32);
+        // AdamW with decay 0.1 first shrinks p by 1 - lr * wd = 0.99.
+        let (after1, _) = two_steps(true, 0.1);
+        assert_close("adamw step 1", &after1, &[0.89, -1.88], HAND_F32);
+    }
+
+    #[test]
+    fn two_steps_match_the_formula() {
+        for (decoupled, wd) in [(false, 0.0), (false, 0.1), (true, 0.1)] {
+            let (after1, after2) = two_steps(decoupled, wd);
+            let wd = f64::from(wd);
+            let want1 = [by_hand(1.0, &[0.5], wd, decoupled), by_hand(-2.0, &[-0.25], wd, decoupled)];
+            let want2 = [
+                by_hand(1.0, &[0.5, -1.0], wd, decoupled),
+                by_hand(-2.0, &[-0.25, 0.5], wd, decoupled),
+            ];
+            let what = format!("decoupled {decoupled}, weight decay {wd}");
+            assert_close(&format!("{what}, step 1"), &after1, &want1, HAND_F32);
+            assert_close(&format!("{what}, step 2"), &after2, &want2, HAND_F32);
+        }
+    }
+
+    #[test]
+    fn rejects_shared_tensors_bad_shapes_and_step_zero() {
+        let mut param = tensor(&[1.0, 2.0], &[2]);
+        let grad = tensor(&[1.0, 2.0], &[2]);
+        let mut m = tensor(&[0.0, 0.0], &[2]);
+        let mut v = tensor(&[0.0, 0.0], &[2]);
+        let b = CpuBackend;
+        assert!(matches!(
+            b.adam_update(&mut param, &grad, &mut m, &mut v, params(false, 0.0, 0)),
+            Err(Error::InvalidArgument(_))
+        ));
+        let mut short = tensor(&[0.0], &[1]);
+        assert!(matches!(
+            b.adam_update(&mut param, &grad, &mut short, &mut v, params(false, 0.0, 1)),
+            Err(Error::Shape { .. })
+        ));
+        let _alias = m.clone();
+        assert!(matches!(
+            b.adam_update(&mut param, &grad, &mut m, &mut v, params(false, 0.0, 1)),
+            Err(Error::SharedTensor { .. })
+        ));
+    }
+}

@@ -158,3 +158,94 @@ pub(super) fn cosface_bwd(
     )?;
     Ok((cpu_tensor(de, emb.shape()), cpu_tensor(dw, weight.shape())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testing::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+
+    const SOFTMAX: CosFaceParams = CosFaceParams { margin: 0.2, scale: 10.0, multilabel: false };
+    const MULTILABEL: CosFaceParams = CosFaceParams { margin: 0.2, scale: 10.0, multilabel: true };
+
+    /// Rows `[1, 0]`, `[0, 0]` (zero) and `[3, 4]` against classes `[1, 0]` and `[0, 2]`:
+    /// cosines `[1, 0]`, `[0, 0]` and `[0.6, 0.8]`.
+    fn hand_inputs() -> (Tensor, Tensor) {
+        (
+            tensor(&[1.0, 0.0, 0.0, 0.0, 3.0, 4.0], &[3, 2]),
+            tensor(&[1.0, 0.0, 0.0, 2.0], &[2, 2]),
+        )
+    }
+
+    #[test]
+    fn forward_by_hand() {
+        let (emb, weight) = hand_inputs();
+        let cos = [1.0, 0.0, 0.0, 0.0, 0.6, 0.8];
+        let no_margin = CpuBackend.cosface_fwd(&emb, &weight, None, SOFTMAX).expect("no targets");
+        let want: Vec<f64> = cos.iter().map(|c| 10.0 * c).collect();
+        assert_close("no targets", &values(&no_margin), &want, HAND_F32);
+
+        // Softmax: margin 0.2 comes off the target class only.
+        let t = tensor(&[1.0, 0.0, 0.0, 1.0, 0.0, 1.0], &[3, 2]);
+        let z = CpuBackend.cosface_fwd(&emb, &weight, Some(&t), SOFTMAX).expect("softmax");
+        assert_close("softmax", &values(&z), &[8.0, 0.0, 0.0, -2.0, 6.0, 6.0], HAND_F32);
+
+        // Multi-label: positives lose the margin, negatives gain it.
+        let z = CpuBackend.cosface_fwd(&emb, &weight, Some(&t), MULTILABEL).expect("multilabel");
+        assert_close("multilabel", &values(&z), &[8.0, 2.0, 2.0, -2.0, 8.0, 6.0], HAND_F32);
+    }
+
+    #[test]
+    fn zero_embedding_has_zero_cosine_and_gradient() {
+        let (emb, weight) = hand_inputs();
+        let dlogits = tensor(&[1.0, -2.0, 0.5, 3.0, -1.0, 0.25], &[3, 2]);
+        let (de, dw) = CpuBackend.cosface_bwd(&dlogits, &emb, &weight, SOFTMAX).expect("bwd");
+        let (de, dw) = (values(&de), values(&dw));
+        assert!(de.iter().chain(&dw).all(|v| v.is_finite()), "{de:?} {dw:?}");
+        assert_eq!(&de[2..4], &[0.0, 0.0], "the zero row gets no gradient");
+
+        // A zero class weight too: finite everywhere, zero gradient for it.
+        let weight = tensor(&[1.0, 0.0, 0.0, 0.0], &[2, 2]);
+        let z = CpuBackend.cosface_fwd(&emb, &weight, None, SOFTMAX).expect("fwd");
+        assert_close("zero class", &values(&z), &[10.0, 0.0, 0.0, 0.0, 6.0, 0.0], HAND_F32);
+        let (_, dw) = CpuBackend.cosface_bwd(&dlogits, &emb, &weight, SOFTMAX).expect("bwd");
+        assert_eq!(&values(&dw)[2..4], &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for (seed, n, l, d, p) in [(1u64, 3, 5, 7, SOFTMAX), (2, 1, 3, 5, MULTILABEL)] {
+            let emb = random(seed, n * d, -1.0, 1.0);
+            let weight = random(seed + 10, l * d, -1.0, 1.0);
+            let targets = random(seed + 20, n * l, 0.0, 1.0);
+            let t: Vec<f64> = targets.iter().map(|v| if *v < 0.5 { 0.0 } else { 1.0 }).collect();
+            let r = random(seed + 30, n * l, -1.0, 1.0);
+            let loss = |e: &[f64], w: &[f64]| {
+                dot(&r, &cosface_fwd_kernel(e, w, Some(&t), d, p).expect("forward"))
+            };
+            let (de, dw) = cosface_bwd_kernel(&r, &emb, &weight, d, p).expect("backward");
+            check_gradient("cosface d_emb", &emb, &de, |e| loss(e, &weight), GRAD_F64);
+            check_gradient("cosface d_weight", &weight, &dw, |w| loss(&emb, w), GRAD_F64);
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let (emb, weight) = hand_inputs();
+        let wrong_d = tensor(&[1.0; 6], &[2, 3]);
+        assert!(matches!(
+            CpuBackend.cosface_fwd(&emb, &wrong_d, None, SOFTMAX),
+            Err(Error::Shape { .. })
+        ));
+        let wrong_t = tensor(&[1.0; 4], &[2, 2]);
+        assert!(matches!(
+            CpuBackend.cosface_fwd(&emb, &weight, Some(&wrong_t), SOFTMAX),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            CpuBackend.cosface_bwd(&wrong_t, &emb, &weight, SOFTMAX),
+            Err(Error::Shape { .. })
+        ));
+    }
+}

@@ -163,3 +163,72 @@ pub(super) fn probabilities(logits: &Tensor, multilabel: bool) -> Result<Tensor>
     }
     Ok(cpu_tensor(probabilities_kernel(logits.cpu_slice(OP)?, l, multilabel), logits.shape()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testing::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+
+    #[test]
+    fn softmax_xent_by_hand_and_at_extreme_logits() {
+        // Two equal logits: ln 2. ±100 logits: 0 for the right class, 200 for the wrong one.
+        let z = tensor(&[0.0, 0.0, 100.0, -100.0, 100.0, -100.0], &[3, 2]);
+        let y = tensor(&[1.0, 0.0, 1.0, 0.0, 0.0, 1.0], &[3, 2]);
+        let loss = CpuBackend.softmax_xent_fwd(&z, &y).expect("fwd");
+        assert_eq!(loss.shape(), [1]);
+        assert_close("softmax xent", &values(&loss), &[(2f64.ln() + 200.0) / 3.0], HAND_F32);
+
+        let dz = values(&CpuBackend.softmax_xent_bwd(&z, &y, 3.0).expect("bwd"));
+        assert_close("softmax xent grad", &dz, &[-0.5, 0.5, 0.0, 0.0, 1.0, -1.0], HAND_F32);
+    }
+
+    #[test]
+    fn sigmoid_xent_by_hand_and_at_extreme_logits() {
+        // z = 100, y = 0 costs 100; z = -100, y = 0 costs ln(1 + e^-100) ≈ 4e-44; z = 0 costs ln 2.
+        let z = tensor(&[100.0, -100.0, 0.0, -100.0], &[2, 2]);
+        let y = tensor(&[0.0, 0.0, 1.0, 1.0], &[2, 2]);
+        let loss = CpuBackend.sigmoid_xent_fwd(&z, &y).expect("fwd");
+        assert_eq!(loss.shape(), [1]);
+        assert_close("sigmoid xent", &values(&loss), &[(200.0 + 2f64.ln()) / 4.0], HAND_F32);
+
+        let dz = values(&CpuBackend.sigmoid_xent_bwd(&z, &y, 4.0).expect("bwd"));
+        assert_close("sigmoid xent grad", &dz, &[1.0, 0.0, -0.5, -1.0], HAND_F32);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (n, l) = (3, 5);
+        let z = random(1, n * l, -4.0, 4.0);
+        let multi_hot: Vec<f64> =
+            random(2, n * l, 0.0, 1.0).iter().map(|v| if *v < 0.4 { 1.0 } else { 0.0 }).collect();
+        for (name, y) in [("one-hot", one_hot(3, n, l)), ("multi-hot", multi_hot.clone())] {
+            let dz = softmax_xent_bwd_kernel(&z, &y, l, 1.7);
+            let loss = |z: &[f64]| 1.7 * softmax_xent_fwd_kernel(z, &y, l);
+            check_gradient(&format!("softmax xent {name}"), &z, &dz, loss, GRAD_F64);
+        }
+        let dz = sigmoid_xent_bwd_kernel(&z, &multi_hot, 0.6);
+        let loss = |z: &[f64]| 0.6 * sigmoid_xent_fwd_kernel(z, &multi_hot);
+        check_gradient("sigmoid xent", &z, &dz, loss, GRAD_F64);
+    }
+
+    #[test]
+    fn probabilities_are_softmax_rows_or_sigmoids() {
+        let z = tensor(&[0.0, 2f64.ln(), 100.0, -100.0], &[2, 2]);
+        let p = values(&CpuBackend.probabilities(&z, false).expect("softmax"));
+        assert_close("softmax", &p, &[1.0 / 3.0, 2.0 / 3.0, 1.0, 0.0], HAND_F32);
+        let p = values(&CpuBackend.probabilities(&z, true).expect("sigmoid"));
+        assert_close("sigmoid", &p, &[0.5, 2.0 / 3.0, 1.0, 0.0], HAND_F32);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let z = tensor(&[0.0; 6], &[2, 3]);
+        let y = tensor(&[0.0; 6], &[3, 2]);
+        assert!(matches!(CpuBackend.softmax_xent_fwd(&z, &y), Err(Error::Shape { .. })));
+        assert!(matches!(CpuBackend.sigmoid_xent_bwd(&z, &y, 1.0), Err(Error::Shape { .. })));
+        let flat = tensor(&[0.0; 6], &[6]);
+        assert!(matches!(CpuBackend.probabilities(&flat, false), Err(Error::Shape { .. })));
+    }
+}
