@@ -1,10 +1,56 @@
 //! The f32 CPU backend: the reference every CUDA kernel is checked against.
+//!
+//! Each op family lives in its own file with a kernel generic over [`float::Float`] (run in
+//! f32, checked by finite differences in f64) and a thin tensor wrapper that validates shapes;
+//! this file only dispatches the [`Backend`] methods to them.
 
-#![allow(unused_variables)]
+mod adam;
+mod batch_norm;
+mod conv;
+mod cosface;
+mod elementwise;
+mod float;
+mod loss;
+mod matmul;
+mod memory;
+mod pool;
+#[cfg(test)]
+mod testing;
 
 use crate::backend::*;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Storage, Tensor};
+
+/// Elements per rayon task in elementwise loops: large enough that scheduling costs little
+/// against the arithmetic, small enough to balance a 64x32x32 activation over a few cores.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// Wraps a host buffer already known to hold `shape.iter().product()` elements.
+fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::new(Storage::Cpu(data), shape)
+}
+
+/// `shape` as exactly `R` dimensions, or a shape error naming the operand.
+fn dims<const R: usize>(op: &'static str, what: &str, shape: &[usize]) -> Result<[usize; R]> {
+    shape
+        .try_into()
+        .map_err(|_| Error::shape(op, format!("{what} {shape:?} is not {R}-dimensional")))
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+/// The host buffer of a CPU tensor held by one handle, for in-place updates.
+fn slice_mut<'a>(op: &'static str, t: &'a mut Tensor) -> Result<&'a mut [f32]> {
+    match t.storage_mut(op)? {
+        Storage::Cpu(v) => Ok(v),
+        other => Err(Error::Device { op, expected: "cpu", found: other.device_name() }),
+    }
+}
 
 /// The multithreaded CPU backend (threads from rayon, matrix products from `gemm`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -16,47 +62,47 @@ impl Backend for CpuBackend {
     }
 
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "from_host not implemented yet")))
+        memory::from_host(data, shape)
     }
 
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
-        Err(Error::Unsupported(format!("cpu: {}", "to_host not implemented yet")))
+        memory::to_host(x)
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "zeros not implemented yet")))
+        memory::zeros(shape)
     }
 
     fn non_finite_count(&self, x: &Tensor) -> Result<usize> {
-        Err(Error::Unsupported(format!("cpu: {}", "non_finite_count not implemented yet")))
+        memory::non_finite_count(x)
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "add not implemented yet")))
+        elementwise::add(a, b)
     }
 
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        Err(Error::Unsupported(format!("cpu: {}", "add_assign not implemented yet")))
+        elementwise::add_assign(a, b)
     }
 
     fn scale(&self, x: &Tensor, alpha: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "scale not implemented yet")))
+        elementwise::scale(x, alpha)
     }
 
     fn lerp_assign(&self, a: &mut Tensor, b: &Tensor, alpha: f32, weight: f32) -> Result<()> {
-        Err(Error::Unsupported(format!("cpu: {}", "lerp_assign not implemented yet")))
+        elementwise::lerp_assign(a, b, alpha, weight)
     }
 
     fn relu_fwd(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "relu_fwd not implemented yet")))
+        elementwise::relu_fwd(x)
     }
 
     fn relu_bwd(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "relu_bwd not implemented yet")))
+        elementwise::relu_bwd(dy, y)
     }
 
     fn channel_sum(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "channel_sum not implemented yet")))
+        elementwise::channel_sum(x)
     }
 
     fn conv2d_fwd(
@@ -66,7 +112,7 @@ impl Backend for CpuBackend {
         bias: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "conv2d_fwd not implemented yet")))
+        conv::conv2d_fwd(x, w, bias, p)
     }
 
     fn conv2d_bwd_data(
@@ -76,7 +122,7 @@ impl Backend for CpuBackend {
         x_shape: &[usize],
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "conv2d_bwd_data not implemented yet")))
+        conv::conv2d_bwd_data(dy, w, x_shape, p)
     }
 
     fn conv2d_bwd_filter(
@@ -86,7 +132,7 @@ impl Backend for CpuBackend {
         w_shape: &[usize],
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "conv2d_bwd_filter not implemented yet")))
+        conv::conv2d_bwd_filter(x, dy, w_shape, p)
     }
 
     fn batch_norm_fwd_train(
@@ -96,7 +142,7 @@ impl Backend for CpuBackend {
         beta: &Tensor,
         p: BatchNormParams,
     ) -> Result<BatchNormTrainOut> {
-        Err(Error::Unsupported(format!("cpu: {}", "batch_norm_fwd_train not implemented yet")))
+        batch_norm::batch_norm_fwd_train(x, gamma, beta, p)
     }
 
     fn batch_norm_fwd_eval(
@@ -108,7 +154,7 @@ impl Backend for CpuBackend {
         running_var: &Tensor,
         p: BatchNormParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "batch_norm_fwd_eval not implemented yet")))
+        batch_norm::batch_norm_fwd_eval(x, gamma, beta, running_mean, running_var, p)
     }
 
     fn batch_norm_bwd(
@@ -120,24 +166,23 @@ impl Backend for CpuBackend {
         var: &Tensor,
         p: BatchNormParams,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        Err(Error::Unsupported(format!("cpu: {}", "batch_norm_bwd not implemented yet")))
+        batch_norm::batch_norm_bwd(dy, x, gamma, mean, var, p)
     }
 
     fn max_pool_fwd(&self, x: &Tensor, p: PoolParams) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "max_pool_fwd not implemented yet")))
+        pool::max_pool_fwd(x, p)
     }
 
-    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams)
-        -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "max_pool_bwd not implemented yet")))
+    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams) -> Result<Tensor> {
+        pool::max_pool_bwd(dy, x, y, p)
     }
 
     fn avg_pool_global_fwd(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "avg_pool_global_fwd not implemented yet")))
+        pool::avg_pool_global_fwd(x)
     }
 
     fn avg_pool_global_bwd(&self, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "avg_pool_global_bwd not implemented yet")))
+        pool::avg_pool_global_bwd(dy, x_shape)
     }
 
     fn cosface_fwd(
@@ -147,7 +192,7 @@ impl Backend for CpuBackend {
         targets: Option<&Tensor>,
         p: CosFaceParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "cosface_fwd not implemented yet")))
+        cosface::cosface_fwd(emb, weight, targets, p)
     }
 
     fn cosface_bwd(
@@ -157,27 +202,27 @@ impl Backend for CpuBackend {
         weight: &Tensor,
         p: CosFaceParams,
     ) -> Result<(Tensor, Tensor)> {
-        Err(Error::Unsupported(format!("cpu: {}", "cosface_bwd not implemented yet")))
+        cosface::cosface_bwd(dlogits, emb, weight, p)
     }
 
     fn softmax_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "softmax_xent_fwd not implemented yet")))
+        loss::softmax_xent_fwd(logits, targets)
     }
 
     fn softmax_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "softmax_xent_bwd not implemented yet")))
+        loss::softmax_xent_bwd(logits, targets, dloss)
     }
 
     fn sigmoid_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "sigmoid_xent_fwd not implemented yet")))
+        loss::sigmoid_xent_fwd(logits, targets)
     }
 
     fn sigmoid_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "sigmoid_xent_bwd not implemented yet")))
+        loss::sigmoid_xent_bwd(logits, targets, dloss)
     }
 
     fn probabilities(&self, logits: &Tensor, multilabel: bool) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "probabilities not implemented yet")))
+        loss::probabilities(logits, multilabel)
     }
 
     fn adam_update(
@@ -188,14 +233,15 @@ impl Backend for CpuBackend {
         v: &mut Tensor,
         p: AdamParams,
     ) -> Result<()> {
-        Err(Error::Unsupported(format!("cpu: {}", "adam_update not implemented yet")))
+        adam::adam_update(param, grad, m, v, p)
     }
 
-    fn score_pool(&self, logits: &Tensor, p: ScoreParams) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cpu: {}", "score_pool not implemented yet")))
+    // TODO: pool scoring is written in `crate::active` and wired here by the lead.
+    fn score_pool(&self, _logits: &Tensor, _p: ScoreParams) -> Result<Tensor> {
+        Err(Error::Unsupported("cpu: score_pool is not wired to crate::active yet".into()))
     }
 
-    fn top_k(&self, scores: &Tensor, k: usize) -> Result<Vec<usize>> {
-        Err(Error::Unsupported(format!("cpu: {}", "top_k not implemented yet")))
+    fn top_k(&self, _scores: &Tensor, _k: usize) -> Result<Vec<usize>> {
+        Err(Error::Unsupported("cpu: top_k is not wired to crate::active yet".into()))
     }
 }
