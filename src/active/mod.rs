@@ -1,2 +1,0 @@
-//! PROVISIONAL stand-in (branch `active`).
-pub mod metrics;
