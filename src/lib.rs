@@ -2,6 +2,7 @@
 //! the labelled images, scores an unlabelled pool by uncertainty, buys the best batch within a
 //! budget, retrains, and measures the gain over random purchases.
 
+pub mod active;
 pub mod backend;
 pub mod error;
 pub mod tensor;
