@@ -35,6 +35,9 @@ pub struct Metrics {
 /// `labels` argument scikit-learn would instead drop classes absent from both vectors. There
 /// `exact_match` is the plain accuracy and `hamming_loss = 2 (1 - accuracy) / L`.
 ///
+/// With `num_labels = 1` the single column is scored as one label. scikit-learn would read a
+/// one-column matrix as binary targets and macro-average over the two classes 0 and 1 instead.
+///
 /// # Errors
 /// [`Error::Shape`] when the lengths differ or are not whole rows of `num_labels`;
 /// [`Error::InvalidArgument`] when there are no rows or an entry is not 0 or 1.
@@ -190,6 +193,7 @@ mod tests {
     #[test]
     fn label_predicted_but_never_true_is_defined_zero() {
         // One label, truth all 0, one false positive: F1 = 0 / (0 + 1 + 0) = 0, defined.
+        // (scikit-learn would read this one-column matrix as binary targets; see `evaluate`.)
         let m = evaluate(&[0, 0], &[1, 0], 1).unwrap();
         assert_eq!(m.per_label_f1, vec![0.0]);
         assert!(m.undefined_f1_labels.is_empty());
@@ -214,6 +218,32 @@ mod tests {
         assert!(close(m.exact_match, 0.75));
         assert!(close(m.hamming_loss, 0.125));
         assert_eq!(m.undefined_f1_labels, vec![3]);
+    }
+
+    #[test]
+    fn matches_scikit_learn_on_a_random_matrix() {
+        // A 9 x 5 matrix drawn once with numpy (label 4 forced to all zeros), scored by
+        // scikit-learn 1.9.1: f1_score(average=None / "macro", zero_division=0) gives
+        // [6/7, 0, 0, 0, 0] and 0.17142857142857143, accuracy_score 0.0, hamming_loss
+        // 0.37777777777777777 (17 wrong cells of 45). By hand, label 0: true rows {2, 4, 7, 8},
+        // predicted {2, 4, 7} -> TP 3, FN 1 -> 6/7; labels 1-3 have no TP; label 4 is 0/0.
+        #[rustfmt::skip]
+        let t = [
+            0, 0, 0, 1, 0,  0, 1, 0, 0, 0,  1, 1, 1, 0, 0,  0, 0, 0, 0, 0,  1, 1, 0, 1, 0,
+            0, 0, 0, 0, 0,  0, 1, 1, 1, 0,  1, 0, 1, 0, 0,  1, 0, 0, 0, 0,
+        ];
+        #[rustfmt::skip]
+        let p = [
+            0, 1, 0, 0, 0,  0, 0, 1, 0, 0,  1, 0, 0, 0, 0,  0, 0, 0, 1, 0,  1, 0, 1, 0, 0,
+            0, 1, 0, 0, 0,  0, 0, 0, 0, 0,  1, 0, 0, 1, 0,  0, 0, 0, 0, 0,
+        ];
+        let m = evaluate(&t, &p, 5).unwrap();
+        assert!(close(m.per_label_f1[0], 0.8571428571428571));
+        assert_eq!(&m.per_label_f1[1..], &[0.0; 4]);
+        assert!(close(m.macro_f1, 0.17142857142857143));
+        assert_eq!(m.exact_match, 0.0);
+        assert!(close(m.hamming_loss, 0.37777777777777777));
+        assert_eq!(m.undefined_f1_labels, vec![4]);
     }
 
     #[test]

@@ -83,26 +83,18 @@ impl Strategy {
             Strategy::LeastConfidence => "least-confidence",
             Strategy::Margin => "margin",
             Strategy::Entropy => "entropy",
-            Strategy::Committee {
-                measure: Disagreement::Vote,
-            } => "committee-vote",
-            Strategy::Committee {
-                measure: Disagreement::Consensus,
-            } => "committee-consensus",
-            Strategy::Committee {
-                measure: Disagreement::MeanKl,
-            } => "committee-kl",
+            Strategy::Committee { measure } => match measure {
+                Disagreement::Vote => "committee-vote",
+                Disagreement::Consensus => "committee-consensus",
+                Disagreement::MeanKl => "committee-kl",
+            },
             Strategy::Coreset => "coreset",
             Strategy::Hybrid => "hybrid",
-            Strategy::Balanced {
-                uncertainty: Uncertainty::LeastConfidence,
-            } => "balanced-least-confidence",
-            Strategy::Balanced {
-                uncertainty: Uncertainty::Margin,
-            } => "balanced-margin",
-            Strategy::Balanced {
-                uncertainty: Uncertainty::Entropy,
-            } => "balanced-entropy",
+            Strategy::Balanced { uncertainty } => match uncertainty {
+                Uncertainty::LeastConfidence => "balanced-least-confidence",
+                Uncertainty::Margin => "balanced-margin",
+                Uncertainty::Entropy => "balanced-entropy",
+            },
         }
     }
 
@@ -121,30 +113,30 @@ impl Strategy {
             Strategy::Entropy => {
                 "-sum_c p_c ln p_c; multi-label: -p ln p - (1-p) ln(1-p) per label, aggregated"
             }
-            Strategy::Committee { measure: Disagreement::Vote } => {
-                "-sum_c V_c ln V_c over the members' hard-vote shares V (per label if multi-label)"
-            }
-            Strategy::Committee { measure: Disagreement::Consensus } => {
-                "H(q), the entropy of the members' mean probability q = mean_k p_k"
-            }
-            Strategy::Committee { measure: Disagreement::MeanKl } => {
-                "mean_k KL(p_k || q), q = mean_k p_k: how far members stray from their consensus"
-            }
+            Strategy::Committee { measure } => match measure {
+                Disagreement::Vote => {
+                    "-sum_c V_c ln V_c over the members' hard-vote shares V (per label if multi)"
+                }
+                Disagreement::Consensus => {
+                    "H(q), the entropy of the members' mean probability q = mean_k p_k"
+                }
+                Disagreement::MeanKl => {
+                    "mean_k KL(p_k || q), q = mean_k p_k: how far members stray from consensus"
+                }
+            },
             Strategy::Coreset => {
                 "greedy k-centre: buy argmax_x min_s ||e_x - e_s||, s over labelled and bought"
             }
             Strategy::Hybrid => {
                 "top pre_factor*k by entropy, then k of them by k-means++ seeding on embeddings"
             }
-            Strategy::Balanced { uncertainty: Uncertainty::LeastConfidence } => {
-                "least confidence weighted per label by w_l = max(1 - F1_l, 0.05)"
-            }
-            Strategy::Balanced { uncertainty: Uncertainty::Margin } => {
-                "margin weighted per label by w_l = max(1 - F1_l, 0.05)"
-            }
-            Strategy::Balanced { uncertainty: Uncertainty::Entropy } => {
-                "entropy weighted per label by w_l = max(1 - F1_l, 0.05)"
-            }
+            Strategy::Balanced { uncertainty } => match uncertainty {
+                Uncertainty::LeastConfidence => {
+                    "least confidence weighted per label by w_l = max(1 - F1_l, 0.05)"
+                }
+                Uncertainty::Margin => "margin weighted per label by w_l = max(1 - F1_l, 0.05)",
+                Uncertainty::Entropy => "entropy weighted per label by w_l = max(1 - F1_l, 0.05)",
+            },
         }
     }
 
