@@ -53,26 +53,33 @@ fn squared_distance(embeddings: &[f32], dim: usize, a: usize, b: usize) -> f32 {
     x.iter().zip(y).map(|(u, v)| (u - v) * (u - v)).sum()
 }
 
-/// Lowers each candidate's distance to its nearest centre with the new `centre`, in parallel.
-/// A NaN distance (a NaN embedding) sticks, so such a candidate ranks last rather than first.
+/// The smaller of two squared distances, except that NaN (a NaN embedding) sticks, so such a
+/// candidate ranks last rather than first (`f32::min` would drop the NaN).
+fn nearer(current: f32, new: f32) -> f32 {
+    if current.is_nan() || new.is_nan() {
+        f32::NAN
+    } else {
+        current.min(new)
+    }
+}
+
+/// Lowers each candidate's distance to its nearest centre over `centres`, in parallel over
+/// candidates; each candidate's minimum runs over `centres` in order on one thread.
 fn update_nearest(
     nearest: &mut [f32],
     candidates: &[usize],
     embeddings: &[f32],
     dim: usize,
-    centre: usize,
+    centres: &[usize],
 ) {
     nearest
         .par_iter_mut()
         .zip(candidates.par_iter())
         .with_min_len(64)
         .for_each(|(d, &c)| {
-            let new = squared_distance(embeddings, dim, c, centre);
-            *d = if d.is_nan() || new.is_nan() {
-                f32::NAN
-            } else {
-                d.min(new)
-            };
+            for &s in centres {
+                *d = nearer(*d, squared_distance(embeddings, dim, c, s));
+            }
         });
 }
 
@@ -111,9 +118,7 @@ pub fn coreset_greedy(
 
     // Squared distances rank exactly as distances do and skip a square root per pair.
     let mut nearest = vec![f32::INFINITY; candidates.len()];
-    for &s in labelled {
-        update_nearest(&mut nearest, candidates, embeddings, dim, s);
-    }
+    update_nearest(&mut nearest, candidates, embeddings, dim, labelled);
 
     let k = k.min(candidates.len());
     let mut taken = vec![false; candidates.len()];
@@ -128,7 +133,7 @@ pub fn coreset_greedy(
         let Some(j) = best else { break };
         taken[j] = true;
         chosen.push(candidates[j]);
-        update_nearest(&mut nearest, candidates, embeddings, dim, candidates[j]);
+        update_nearest(&mut nearest, candidates, embeddings, dim, &[candidates[j]]);
     }
     Ok(chosen)
 }
@@ -197,7 +202,13 @@ pub fn uncertain_diverse(
         if chosen.len() == k {
             break;
         }
-        update_nearest(&mut nearest, &shortlist, embeddings, dim, shortlist[pick]);
+        update_nearest(
+            &mut nearest,
+            &shortlist,
+            embeddings,
+            dim,
+            &[shortlist[pick]],
+        );
 
         // D² weights of the untaken candidates, summed in f64 in short-list order (fixed, so
         // the draw is reproducible). NaN distances weigh 0.

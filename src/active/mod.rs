@@ -4,6 +4,27 @@
 //! Everything here is a pure function over host slices in row-major `[N, L]` layout, where `L`
 //! is the number of labels (classes for softmax data). Scores follow one convention: higher
 //! means "buy this first".
+//!
+//! One purchase round, on a pool of three images with two independent labels each:
+//!
+//! ```
+//! use labelwise::active::{choose, score_rows, Pool};
+//! use labelwise::backend::{Aggregate, ScoreParams, Uncertainty};
+//!
+//! let mut pool = Pool::new(vec!["a.png".into(), "b.png".into(), "c.png".into()])?;
+//! let logits = [4.0, -3.0, 0.1, 0.2, -5.0, 6.0]; // [3 images, 2 labels]
+//! let p = ScoreParams {
+//!     uncertainty: Uncertainty::Entropy,
+//!     aggregate: Aggregate::Mean,
+//!     multilabel: true,
+//! };
+//! let scores = score_rows(&logits, 2, p)?;
+//! let purchase = choose(&pool, &scores, 1)?;
+//! assert_eq!(pool.file(purchase[0])?, "b.png"); // both its labels sit near p = 0.5
+//! pool.mark_bought(&purchase)?;
+//! assert_eq!(choose(&pool, &scores, 5)?.len(), 2); // never b.png again
+//! # Ok::<(), labelwise::Error>(())
+//! ```
 
 pub mod balance;
 pub mod committee;
