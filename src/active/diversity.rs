@@ -88,7 +88,9 @@ fn update_nearest(
 /// `x* = argmax_{c in candidates} min_{s in labelled ∪ chosen} ||e_c - e_s||_2`,
 /// returned in the order picked. Its covering radius is at most twice the optimal one.
 ///
-/// `embeddings` is `[rows, dim]`; `candidates` and `labelled` are row indices. Ties go to the
+/// `embeddings` is `[rows, dim]`; `candidates` and `labelled` are row indices (when training
+/// and pool embeddings share one matrix, pool positions must be offset into it, and the result
+/// mapped back before [`crate::active::select::Pool::mark_bought`]). Ties go to the
 /// lower row index, so the result is deterministic (and independent of the thread count). With
 /// no labelled points every distance starts infinite and the first pick is the lowest-index
 /// candidate. A candidate whose distance is NaN is picked only after all others.

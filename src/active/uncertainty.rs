@@ -433,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn multilabel_all_equal_logits() {
+        // Three labels at logit 0: p = 1/2 each, so per label LC 1/2, margin 1, H = ln 2.
+        // Mean and max are the per-label value, sum is three times it.
+        let z = [0.0; 3];
+        for (u, per_label) in [
+            (Uncertainty::LeastConfidence, 0.5),
+            (Uncertainty::Margin, 1.0),
+            (Uncertainty::Entropy, LN2),
+        ] {
+            for (agg, factor) in [
+                (Aggregate::Mean, 1.0),
+                (Aggregate::Max, 1.0),
+                (Aggregate::Sum, 3.0),
+            ] {
+                let got = score_rows(&z, 3, params(u, agg, true)).unwrap();
+                assert_close(&got, &[per_label * factor], 1e-7);
+            }
+        }
+    }
+
+    #[test]
     fn multilabel_is_not_a_softmax_across_labels() {
         // Two labels both at logit 10 are both confidently positive: entropy ~ 0, whereas a
         // softmax across them would call the row maximally uncertain (ln 2).
