@@ -4,14 +4,16 @@
 
 pub mod active;
 pub mod autograd;
-pub mod bench;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod experiment;
 pub mod io;
 pub mod model;
 pub mod optim;
+#[cfg(feature = "cli")]
+pub mod plot;
 pub mod tensor;
 pub mod train;
 
