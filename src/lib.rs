@@ -10,6 +10,8 @@ pub mod error;
 pub mod io;
 pub mod model;
 pub mod optim;
+#[cfg(feature = "cli")]
+pub mod plot;
 pub mod tensor;
 pub mod train;
 
