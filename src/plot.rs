@@ -107,8 +107,14 @@ pub fn line_chart(
         let legend_font = font(LEGEND_SIZE);
         let mut names = Vec::with_capacity(cleaned.len());
         let mut widest = 0;
-        for (name, _) in &cleaned {
-            let name = fit_text(root, name, &legend_font, LEGEND_MAX_WIDTH - 50)?;
+        for (name, points) in &cleaned {
+            // Say so when a series has nothing to draw, rather than list a line that is absent.
+            let name = if points.is_empty() {
+                format!("{name} (no data)")
+            } else {
+                name.clone()
+            };
+            let name = fit_text(root, &name, &legend_font, LEGEND_MAX_WIDTH - 50)?;
             widest = widest.max(root.estimate_text_size(&name, &legend_font)?.0);
             names.push(name);
         }
@@ -127,7 +133,12 @@ pub fn line_chart(
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(x_range, y_range)?;
-        configure_mesh(&mut chart, root, x_label, y_label, 10, 8)?;
+        let ticks = Ticks {
+            x: 10,
+            y: 8,
+            whole_x: false,
+        };
+        configure_mesh(&mut chart, root, x_label, y_label, ticks)?;
 
         // Bands first, so lines and markers of every series stay on top of them.
         for (index, (_, points)) in cleaned.iter().enumerate() {
@@ -206,14 +217,12 @@ fn draw_training_panel(
         .x_label_area_size(40)
         .y_label_area_size(62)
         .build_cartesian_2d(x_range.clone(), y_range.clone())?;
-    configure_mesh(
-        &mut chart,
-        root,
-        "epoch",
-        metric,
-        epoch_count.clamp(2, 8),
-        6,
-    )?;
+    let ticks = Ticks {
+        x: epoch_count.clamp(2, 8),
+        y: 6,
+        whole_x: true,
+    };
+    configure_mesh(&mut chart, root, "epoch", metric, ticks)?;
 
     let mut entries = Vec::with_capacity(2);
     for (index, (name, points)) in [("train", train), ("validation", val)]
@@ -335,7 +344,17 @@ fn font(size: f64) -> TextStyle<'static> {
 fn draw_title<'a>(root: &Area<'a>, title: &str) -> anyhow::Result<Area<'a>> {
     let style = font(TITLE_SIZE);
     let title = fit_text(root, title, &style, WIDTH - 40)?;
-    Ok(root.titled(&title, style)?)
+    // plotters puts the title's top at the very edge; a small margin lets it breathe.
+    Ok(root.margin(8, 0, 0, 0).titled(&title, style)?)
+}
+
+/// How many tick labels to aim for on each axis.
+#[derive(Clone, Copy)]
+struct Ticks {
+    x: usize,
+    y: usize,
+    /// Label only whole numbers on the x axis, e.g. epochs.
+    whole_x: bool,
 }
 
 /// Axes, grid, tick labels and axis descriptions shared by all charts.
@@ -344,8 +363,7 @@ fn configure_mesh(
     root: &Area<'_>,
     x_label: &str,
     y_label: &str,
-    x_ticks: usize,
-    y_ticks: usize,
+    ticks: Ticks,
 ) -> anyhow::Result<()> {
     let desc_font = font(AXIS_DESC_SIZE);
     let plot_pixels = chart.plotting_area().dim_in_pixel();
@@ -353,9 +371,15 @@ fn configure_mesh(
     let y_label = fit_text(root, y_label, &desc_font, plot_pixels.1.saturating_sub(10))?;
     chart
         .configure_mesh()
-        .x_labels(x_ticks)
-        .y_labels(y_ticks)
-        .x_label_formatter(&|v| tick_label(*v))
+        .x_labels(ticks.x)
+        .y_labels(ticks.y)
+        .x_label_formatter(&|v| {
+            if ticks.whole_x && v.fract() != 0.0 {
+                String::new()
+            } else {
+                tick_label(*v)
+            }
+        })
         .y_label_formatter(&|v| tick_label(*v))
         .x_desc(x_label)
         .y_desc(y_label)
