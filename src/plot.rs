@@ -34,7 +34,9 @@ pub struct Series {
 /// One point of a [`Series`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
+    /// Position along the x axis, e.g. the number of labels bought.
     pub x: f64,
+    /// Value plotted, e.g. the mean macro F1 over seeds.
     pub y: f64,
     /// Half-width of a band drawn around `y`, e.g. the standard deviation over seeds.
     pub spread: Option<f64>,
@@ -45,7 +47,9 @@ pub struct Point {
 /// Both arrays hold, in order: loss, macro F1, exact-match accuracy, Hamming loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpochPoint {
+    /// Epoch number, drawn on the x axis.
     pub epoch: usize,
+    /// Metrics on the training set.
     pub train: [f64; 4],
     /// Validation metrics, absent for epochs that were not evaluated.
     pub val: Option<[f64; 4]>,
@@ -88,6 +92,23 @@ const LEGEND_MAX_WIDTH: u32 = 260;
 /// # Errors
 ///
 /// Fails if the font cannot be registered, drawing fails, or the file cannot be written.
+///
+/// # Example
+///
+/// ```no_run
+/// use labelwise::plot::{line_chart, Point, Series};
+///
+/// let entropy = Series {
+///     name: "entropy".to_string(),
+///     points: vec![
+///         Point { x: 100.0, y: 0.61, spread: Some(0.03) },
+///         Point { x: 200.0, y: 0.72, spread: Some(0.02) },
+///     ],
+/// };
+/// let path = std::path::Path::new("f1.png");
+/// line_chart(path, "Macro F1", "labels bought", "macro F1", &[entropy])?;
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn line_chart(
     path: &Path,
     title: &str,
