@@ -3,7 +3,9 @@
 //! budget, retrains, and measures the gain over random purchases.
 
 pub mod backend;
+pub mod data;
 pub mod error;
+pub mod io;
 pub mod tensor;
 
 pub use backend::{Backend, BackendHandle, DeviceChoice};
