@@ -119,7 +119,7 @@ impl Dataset {
         let image_bytes = image_len(size)?;
         let images_dir = dir.join("images");
         if !images_dir.is_dir() {
-            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no images/ folder here");
+            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "missing; a task folder holds images/ and, when labelled, labels.csv");
             return Err(Error::io(&images_dir, e));
         }
         let csv_path = dir.join("labels.csv");
