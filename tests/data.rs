@@ -45,7 +45,14 @@ fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
 }
 
 /// A PNG assembled by hand, for what the `image` encoder cannot write (palettes, lies).
-fn raw_png(width: u32, height: u32, bit_depth: u8, colour: u8, extra: &[Vec<u8>], rows: &[u8]) -> Vec<u8> {
+fn raw_png(
+    width: u32,
+    height: u32,
+    bit_depth: u8,
+    colour: u8,
+    extra: &[Vec<u8>],
+    rows: &[u8],
+) -> Vec<u8> {
     let mut ihdr = width.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&height.to_be_bytes());
     ihdr.extend_from_slice(&[bit_depth, colour, 0, 0, 0]);
@@ -92,7 +99,11 @@ fn every_colour_type_and_bit_depth_loads() {
     let palette = raw_png(4, 4, 8, 3, &[plte], &palette_rows);
 
     put(&dir, "grey.png", &encode(&grey, ImageFormat::Png));
-    put(&dir, "grey_alpha.png", &encode(&grey_alpha, ImageFormat::Png));
+    put(
+        &dir,
+        "grey_alpha.png",
+        &encode(&grey_alpha, ImageFormat::Png),
+    );
     put(&dir, "rgb.png", &encode(&rgb, ImageFormat::Png));
     put(&dir, "rgba.png", &encode(&rgba, ImageFormat::Png));
     put(&dir, "grey16.png", &encode(&grey16, ImageFormat::Png));
@@ -110,8 +121,17 @@ fn every_colour_type_and_bit_depth_loads() {
     assert_eq!(dataset.num_labels(), 0);
     assert!(!dataset.is_multilabel());
     let expected_order = [
-        "grey.JPEG", "grey.png", "grey16.png", "grey_alpha.png", "jpeg_named.png", "palette.png",
-        "rgb.jpg", "rgb.png", "rgb16.png", "rgba.png", "rgba16.png",
+        "grey.JPEG",
+        "grey.png",
+        "grey16.png",
+        "grey_alpha.png",
+        "jpeg_named.png",
+        "palette.png",
+        "rgb.jpg",
+        "rgb.png",
+        "rgb16.png",
+        "rgba.png",
+        "rgba16.png",
     ];
     assert_eq!(dataset.files, expected_order);
     let at = |name: &str| dataset.files.iter().position(|f| f == name).unwrap();
@@ -126,8 +146,16 @@ fn every_colour_type_and_bit_depth_loads() {
     assert_eq!(pixel(&dataset, at("palette.png"), 0, 0), [255, 0, 0]);
     assert_eq!(pixel(&dataset, at("palette.png"), 1, 3), [0, 0, 255]);
     assert!(close(pixel(&dataset, at("rgb.jpg"), 1, 1), [10, 20, 30], 6));
-    assert!(close(pixel(&dataset, at("jpeg_named.png"), 1, 1), [10, 20, 30], 6));
-    assert!(close(pixel(&dataset, at("grey.JPEG"), 1, 1), [77, 77, 77], 3));
+    assert!(close(
+        pixel(&dataset, at("jpeg_named.png"), 1, 1),
+        [10, 20, 30],
+        6
+    ));
+    assert!(close(
+        pixel(&dataset, at("grey.JPEG"), 1, 1),
+        [77, 77, 77],
+        3
+    ));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -150,8 +178,16 @@ fn images_are_resized_and_stretched() {
     assert_eq!(dataset.files, ["big.png", "wide.png"]);
     assert_eq!(dataset.pixels.len(), 2 * 2 * 2 * 3);
     assert_eq!(pixel(&dataset, 0, 1, 1), [9, 99, 199]);
-    assert!(close(pixel(&dataset, 1, 0, 0), [255, 0, 0], 40), "{:?}", pixel(&dataset, 1, 0, 0));
-    assert!(close(pixel(&dataset, 1, 1, 1), [0, 0, 255], 40), "{:?}", pixel(&dataset, 1, 1, 1));
+    assert!(
+        close(pixel(&dataset, 1, 0, 0), [255, 0, 0], 40),
+        "{:?}",
+        pixel(&dataset, 1, 0, 0)
+    );
+    assert!(
+        close(pixel(&dataset, 1, 1, 1), [0, 0, 255], 40),
+        "{:?}",
+        pixel(&dataset, 1, 1, 1)
+    );
 
     // Upscaling, and Dataset::resized agrees on flat images.
     let up = Dataset::load_folder(&dir, 16, &LoadOptions::default()).unwrap();
@@ -169,8 +205,8 @@ fn exif_orientation_is_applied() {
     let dir = scratch("exif");
     // 8x4: left half black, right half white. EXIF orientation 6 (rotate 90 degrees clockwise)
     // turns the left half into the top half.
-    let wide: DynamicImage = ImageBuffer::from_fn(8, 4, |x, _| image::Luma([if x < 4 { 0u8 } else { 255 }]))
-        .into();
+    let wide: DynamicImage =
+        ImageBuffer::from_fn(8, 4, |x, _| image::Luma([if x < 4 { 0u8 } else { 255 }])).into();
     let exif: Vec<u8> = [
         &b"MM\x00\x2a\x00\x00\x00\x08"[..], // TIFF header, big-endian, first IFD at 8
         &[0x00, 0x01],                      // one entry
@@ -181,7 +217,9 @@ fn exif_orientation_is_applied() {
     let mut jpeg = Vec::new();
     let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
     encoder.set_exif_metadata(exif).unwrap();
-    encoder.write_image(wide.as_bytes(), 8, 4, image::ExtendedColorType::L8).unwrap();
+    encoder
+        .write_image(wide.as_bytes(), 8, 4, image::ExtendedColorType::L8)
+        .unwrap();
     put(&dir, "rotated.jpg", &jpeg);
 
     let dataset = Dataset::load_folder(&dir, 2, &LoadOptions::default()).unwrap();
@@ -193,7 +231,10 @@ fn exif_orientation_is_applied() {
 /// A labelled folder with two good images and the given bad ones.
 fn folder_with_bad_images(name: &str) -> PathBuf {
     let dir = scratch(name);
-    let good = encode(&ImageBuffer::from_pixel(3, 3, image::Rgb([1u8, 2, 3])).into(), ImageFormat::Png);
+    let good = encode(
+        &ImageBuffer::from_pixel(3, 3, image::Rgb([1u8, 2, 3])).into(),
+        ImageFormat::Png,
+    );
     put(&dir, "good1.png", &good);
     put(&dir, "good2.png", &good);
     put(&dir, "empty.png", b"");
@@ -219,7 +260,10 @@ fn bad_images_fail_naming_the_file() {
     let err = Dataset::load_folder(&dir, 3, &LoadOptions::default()).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::Image { .. }), "{message}");
-    assert!(message.contains("empty.png") && message.contains("empty file"), "{message}");
+    assert!(
+        message.contains("empty.png") && message.contains("empty file"),
+        "{message}"
+    );
 
     // Each kind of bad file on its own.
     for (name, needle) in [
@@ -231,7 +275,10 @@ fn bad_images_fail_naming_the_file() {
         let err = Dataset::load_folder(&dir, 3, &LoadOptions::default()).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, Error::Image { .. }), "{message}");
-        assert!(message.contains(name) && message.contains(needle), "{message}");
+        assert!(
+            message.contains(name) && message.contains(needle),
+            "{message}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -239,13 +286,19 @@ fn bad_images_fail_naming_the_file() {
 #[test]
 fn bad_images_can_be_skipped_and_counted() {
     let dir = folder_with_bad_images("bad-skip");
-    let opts = LoadOptions { on_bad_image: BadImagePolicy::Skip, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        on_bad_image: BadImagePolicy::Skip,
+        ..LoadOptions::default()
+    };
     let (dataset, report) = Dataset::load_folder_with_report(&dir, 3, &opts).unwrap();
     assert_eq!(dataset.files, ["good1.png", "good2.png"]);
     assert_eq!(dataset.labels.as_deref(), Some(&[1, 0, 0, 1][..]));
     assert_eq!(dataset.pixels, [1, 2, 3].repeat(18));
     let skipped: Vec<&str> = report.skipped.iter().map(|(f, _)| f.as_str()).collect();
-    assert_eq!(skipped, ["empty.png", "truncated.png", "corrupt.png", "text.jpg"]);
+    assert_eq!(
+        skipped,
+        ["empty.png", "truncated.png", "corrupt.png", "text.jpg"]
+    );
     assert_eq!(report.unlisted, 0);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -260,17 +313,38 @@ fn decompression_bomb_is_refused_from_the_header() {
     let err = Dataset::load_folder(&dir, 8, &LoadOptions::default()).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::Image { .. }), "{message}");
-    assert!(message.contains("bomb.png") && message.contains("decompression-bomb"), "{message}");
-    assert!(started.elapsed().as_secs_f64() < 2.0, "took {:?}", started.elapsed());
+    assert!(
+        message.contains("bomb.png") && message.contains("decompression-bomb"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed().as_secs_f64() < 2.0,
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A small limit refuses an ordinary image the same way.
     let dir2 = scratch("bomb-small-limit");
-    let image = encode(&ImageBuffer::from_pixel(20, 20, image::Luma([5u8])).into(), ImageFormat::Png);
+    let image = encode(
+        &ImageBuffer::from_pixel(20, 20, image::Luma([5u8])).into(),
+        ImageFormat::Png,
+    );
     put(&dir2, "twenty.png", &image);
-    let opts = LoadOptions { max_pixels: 399, ..LoadOptions::default() };
-    let message = Dataset::load_folder(&dir2, 8, &opts).unwrap_err().to_string();
-    assert!(message.contains("twenty.png") && message.contains("400 pixels"), "{message}");
-    let opts = LoadOptions { max_pixels: 400, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        max_pixels: 399,
+        ..LoadOptions::default()
+    };
+    let message = Dataset::load_folder(&dir2, 8, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("twenty.png") && message.contains("400 pixels"),
+        "{message}"
+    );
+    let opts = LoadOptions {
+        max_pixels: 400,
+        ..LoadOptions::default()
+    };
     assert!(Dataset::load_folder(&dir2, 8, &opts).is_ok());
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&dir2).ok();
@@ -279,7 +353,10 @@ fn decompression_bomb_is_refused_from_the_header() {
 #[test]
 fn labels_csv_problems_name_the_file_and_line() {
     let dir = scratch("csv");
-    let png = encode(&ImageBuffer::from_pixel(2, 2, image::Luma([1u8])).into(), ImageFormat::Png);
+    let png = encode(
+        &ImageBuffer::from_pixel(2, 2, image::Luma([1u8])).into(),
+        ImageFormat::Png,
+    );
     put(&dir, "a.png", &png);
     put(&dir, "b.png", &png);
     put(&dir, "extra1.png", &png);
@@ -289,8 +366,14 @@ fn labels_csv_problems_name_the_file_and_line() {
     let expect = |line: u64, needle: &str| {
         let err = load().unwrap_err();
         let message = err.to_string();
-        assert!(matches!(err, Error::Csv { line: l, .. } if l == line), "{message}");
-        assert!(message.starts_with(&format!("{}:{line}: ", csv.display())), "{message}");
+        assert!(
+            matches!(err, Error::Csv { line: l, .. } if l == line),
+            "{message}"
+        );
+        assert!(
+            message.starts_with(&format!("{}:{line}: ", csv.display())),
+            "{message}"
+        );
         assert!(message.contains(needle), "{message}");
     };
 
@@ -304,7 +387,10 @@ fn labels_csv_problems_name_the_file_and_line() {
     expect(1, "empty file");
 
     // Images without a row are only counted.
-    put_csv(&dir, "\u{feff}file,x,y\r\n a.png , 1, 1\r\n\"b.png\",0,1\r\n");
+    put_csv(
+        &dir,
+        "\u{feff}file,x,y\r\n a.png , 1, 1\r\n\"b.png\",0,1\r\n",
+    );
     let (dataset, report) =
         Dataset::load_folder_with_report(&dir, 2, &LoadOptions::default()).unwrap();
     assert_eq!(report.unlisted, 2);
@@ -345,8 +431,14 @@ fn subsets_labels_and_batches() {
     assert_eq!(picked.image(2), dataset.image(2));
 
     assert_eq!(dataset.label_rows(&[1, 0]).unwrap(), [0.0, 1.0, 1.0, 0.0]);
-    assert!(matches!(dataset.label_rows(&[3]), Err(Error::InvalidArgument(_))));
-    let unlabelled = Dataset { labels: None, ..dataset.clone() };
+    assert!(matches!(
+        dataset.label_rows(&[3]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let unlabelled = Dataset {
+        labels: None,
+        ..dataset.clone()
+    };
     assert!(unlabelled.label_rows(&[0]).is_err());
 
     let batch = dataset.batch_pixels(&[1], &Normalize::IMAGENET);
@@ -354,10 +446,17 @@ fn subsets_labels_and_batches() {
     for (i, value) in batch.iter().enumerate() {
         let byte = dataset.image(1)[i];
         let c = i % 3;
-        let expected = (f32::from(byte) / 255.0 - Normalize::IMAGENET.mean[c]) / Normalize::IMAGENET.std[c];
-        assert!((value - expected).abs() < 1e-6, "{i}: {value} vs {expected}");
+        let expected =
+            (f32::from(byte) / 255.0 - Normalize::IMAGENET.mean[c]) / Normalize::IMAGENET.std[c];
+        assert!(
+            (value - expected).abs() < 1e-6,
+            "{i}: {value} vs {expected}"
+        );
     }
-    let identity = Normalize { mean: [0.0; 3], std: [1.0; 3] };
+    let identity = Normalize {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
     assert_eq!(dataset.batch_pixels(&[0], &identity)[1], 7.0 / 255.0);
 }
 
@@ -377,22 +476,47 @@ fn save_then_load_round_trips() {
     // Saving again replaces the files; no temporary files are left behind.
     let subset = dataset.subset(&[2]);
     subset.save_folder(&dir).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.join("labels.csv")).unwrap(), "file,cat,dog\nc.png,1,1\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("labels.csv")).unwrap(),
+        "file,cat,dog\nc.png,1,1\n"
+    );
     let leftovers = std::fs::read_dir(dir.join("images"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp-")
+        })
         .count();
     assert_eq!(leftovers, 0);
 
     // Two names that collide as PNG, and an unlabelled save over a labelled folder.
-    let clash = Dataset { files: vec!["x.jpg".into(), "x.png".into(), "y".into()], ..dataset.clone() };
-    assert!(matches!(clash.save_folder(&dir), Err(Error::InvalidArgument(_))));
-    let unlabelled = Dataset { labels: None, ..dataset.clone() };
-    assert!(matches!(unlabelled.save_folder(&dir), Err(Error::InvalidArgument(_))));
+    let clash = Dataset {
+        files: vec!["x.jpg".into(), "x.png".into(), "y".into()],
+        ..dataset.clone()
+    };
+    assert!(matches!(
+        clash.save_folder(&dir),
+        Err(Error::InvalidArgument(_))
+    ));
+    let unlabelled = Dataset {
+        labels: None,
+        ..dataset.clone()
+    };
+    assert!(matches!(
+        unlabelled.save_folder(&dir),
+        Err(Error::InvalidArgument(_))
+    ));
     let elsewhere = scratch("save-unlabelled");
     unlabelled.save_folder(&elsewhere).unwrap();
     let reloaded = Dataset::load_folder(&elsewhere, 2, &LoadOptions::default()).unwrap();
-    assert_eq!(reloaded.files, ["a.png", "c.png"], "top-level images only when listing");
+    assert_eq!(
+        reloaded.files,
+        ["a.png", "c.png"],
+        "top-level images only when listing"
+    );
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&elsewhere).ok();
 }
@@ -412,11 +536,19 @@ fn source_split(src: &Path, prefix: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
     let images_path = src.join(format!("{prefix}-images-idx3-ubyte.gz"));
     let labels_path = src.join(format!("{prefix}-labels-idx1-ubyte.gz"));
     let (n, rows, cols, pixels) =
-        fashion_mnist::read_idx_images(&std::fs::read(&images_path).unwrap(), &images_path).unwrap();
+        fashion_mnist::read_idx_images(&std::fs::read(&images_path).unwrap(), &images_path)
+            .unwrap();
     let labels =
-        fashion_mnist::read_idx_labels(&std::fs::read(&labels_path).unwrap(), &labels_path).unwrap();
+        fashion_mnist::read_idx_labels(&std::fs::read(&labels_path).unwrap(), &labels_path)
+            .unwrap();
     assert_eq!((rows, cols, labels.len()), (28, 28, n));
-    (pixels.chunks_exact(rows * cols).map(<[u8]>::to_vec).collect(), labels)
+    (
+        pixels
+            .chunks_exact(rows * cols)
+            .map(<[u8]>::to_vec)
+            .collect(),
+        labels,
+    )
 }
 
 #[test]
@@ -424,17 +556,27 @@ fn import_writes_the_challenge_layout() {
     let Some(src) = fashion_source() else { return };
     let out = std::env::temp_dir().join(format!("labelwise-import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let opts = ImportOptions { limit_train: Some(64), limit_test: Some(32), ..Default::default() };
+    let opts = ImportOptions {
+        limit_train: Some(64),
+        limit_test: Some(32),
+        ..Default::default()
+    };
     let summary = fashion_mnist::import(&src, &out, &opts).unwrap();
     assert_eq!((summary.train_items, summary.test_items), (64, 32));
 
-    for (dir, prefix, count) in [(&summary.train_dir, "train", 64), (&summary.test_dir, "t10k", 32)] {
+    for (dir, prefix, count) in [
+        (&summary.train_dir, "train", 64),
+        (&summary.test_dir, "t10k", 32),
+    ] {
         let (images, labels) = source_split(&src, prefix);
         let csv = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
         let mut lines = csv.lines();
-        assert_eq!(lines.next().unwrap(), format!("file,{}", CLASS_NAMES.join(",")));
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("file,{}", CLASS_NAMES.join(","))
+        );
         for (i, line) in lines.enumerate() {
-            let mut row = vec!["0"; 10];
+            let mut row = ["0"; 10];
             row[usize::from(labels[i])] = "1";
             assert_eq!(line, format!("{i:05}.png,{}", row.join(",")));
             let png = image::open(dir.join("images").join(format!("{i:05}.png"))).unwrap();
@@ -444,7 +586,15 @@ fn import_writes_the_challenge_layout() {
         let loaded = Dataset::load_folder(dir, 28, &LoadOptions::default()).unwrap();
         assert_eq!(loaded.len(), count);
         assert!(!loaded.is_multilabel());
-        assert_eq!(loaded.image(5).iter().step_by(3).copied().collect::<Vec<_>>(), images[5]);
+        assert_eq!(
+            loaded
+                .image(5)
+                .iter()
+                .step_by(3)
+                .copied()
+                .collect::<Vec<_>>(),
+            images[5]
+        );
     }
     std::fs::remove_dir_all(&out).ok();
 }
@@ -464,7 +614,10 @@ fn import_mosaics_are_labelled_with_the_classes_present() {
     let (images, labels) = source_split(&src, "train");
     let mut classes_of: HashMap<&[u8], HashSet<usize>> = HashMap::new();
     for (image, &label) in images.iter().zip(&labels) {
-        classes_of.entry(image.as_slice()).or_default().insert(usize::from(label));
+        classes_of
+            .entry(image.as_slice())
+            .or_default()
+            .insert(usize::from(label));
     }
 
     let dataset = Dataset::load_folder(&summary.train_dir, 56, &LoadOptions::default()).unwrap();
@@ -478,13 +631,21 @@ fn import_mosaics_are_labelled_with_the_classes_present() {
             let pixels: Vec<u8> = (0..28)
                 .flat_map(|r| grey[(ty * 28 + r) * 56 + tx * 28..][..28].to_vec())
                 .collect();
-            let classes = classes_of.get(pixels.as_slice()).expect("every tile is a source image");
+            let classes = classes_of
+                .get(pixels.as_slice())
+                .expect("every tile is a source image");
             let row = dataset.label_row(item).unwrap();
-            assert!(classes.iter().any(|&c| row[c] == 1), "item {item} tile {tile}");
+            assert!(
+                classes.iter().any(|&c| row[c] == 1),
+                "item {item} tile {tile}"
+            );
             possible.extend(classes);
         }
         for (class, &bit) in dataset.label_row(item).unwrap().iter().enumerate() {
-            assert!(bit == 0 || possible.contains(&class), "item {item} class {class}");
+            assert!(
+                bit == 0 || possible.contains(&class),
+                "item {item} class {class}"
+            );
         }
     }
 
@@ -493,7 +654,10 @@ fn import_mosaics_are_labelled_with_the_classes_present() {
     fashion_mnist::import(&src, &again, &opts).unwrap();
     for split in ["train", "test"] {
         let a = std::fs::read(out.join(split).join("labels.csv")).unwrap();
-        assert_eq!(a, std::fs::read(again.join(split).join("labels.csv")).unwrap());
+        assert_eq!(
+            a,
+            std::fs::read(again.join(split).join("labels.csv")).unwrap()
+        );
     }
     std::fs::remove_dir_all(&out).ok();
     std::fs::remove_dir_all(&again).ok();
@@ -503,18 +667,29 @@ fn import_mosaics_are_labelled_with_the_classes_present() {
 fn import_refuses_truncated_or_lying_idx_files() {
     let Some(src) = fashion_source() else { return };
     let dir = scratch("idx-bad");
-    for name in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
+    for name in [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ] {
         std::fs::copy(src.join(name), dir.join(name)).unwrap();
     }
     let out = dir.join("out");
-    let opts = ImportOptions { limit_train: Some(2), limit_test: Some(2), ..Default::default() };
+    let opts = ImportOptions {
+        limit_train: Some(2),
+        limit_test: Some(2),
+        ..Default::default()
+    };
 
     // Truncated gzip.
     let train = std::fs::read(src.join("train-images-idx3-ubyte.gz")).unwrap();
     let target = dir.join("train-images-idx3-ubyte.gz");
     std::fs::write(&target, &train[..100_000]).unwrap();
     let err = fashion_mnist::import(&dir, &out, &opts).unwrap_err();
-    assert!(matches!(err, Error::Format { ref path, .. } if path == &target), "{err}");
+    assert!(
+        matches!(err, Error::Format { ref path, .. } if path == &target),
+        "{err}"
+    );
 
     // Raw IDX whose header promises 60000 images but holds 3; the raw name is used when no
     // .gz exists.
@@ -528,14 +703,25 @@ fn import_refuses_truncated_or_lying_idx_files() {
     std::fs::write(&raw_target, &lying).unwrap();
     let err = fashion_mnist::import(&dir, &out, &opts).unwrap_err();
     let message = err.to_string();
-    assert!(matches!(err, Error::Format { ref path, .. } if path == &raw_target), "{message}");
-    assert!(message.contains("47040000") && message.contains("2352"), "{message}");
+    assert!(
+        matches!(err, Error::Format { ref path, .. } if path == &raw_target),
+        "{message}"
+    );
+    assert!(
+        message.contains("47040000") && message.contains("2352"),
+        "{message}"
+    );
 
     // Consistent images but a label count that disagrees.
     lying[4..8].copy_from_slice(&3u32.to_be_bytes());
     std::fs::write(&raw_target, &lying).unwrap();
-    let message = fashion_mnist::import(&dir, &out, &opts).unwrap_err().to_string();
-    assert!(message.contains("train-labels") && message.contains("60000 labels for 3"), "{message}");
+    let message = fashion_mnist::import(&dir, &out, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("train-labels") && message.contains("60000 labels for 3"),
+        "{message}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -543,7 +729,11 @@ fn import_refuses_truncated_or_lying_idx_files() {
 fn embedded_dataset_resizes() {
     let splits = fashion_mnist::embedded().unwrap();
     assert_eq!((splits.train.len(), splits.test.len()), (4000, 1000));
-    assert!(splits.train.files.iter().all(|f| f.starts_with("train-") && f.ends_with(".png")));
+    assert!(splits
+        .train
+        .files
+        .iter()
+        .all(|f| f.starts_with("train-") && f.ends_with(".png")));
     let small = splits.test.subset(&[0, 1, 2]).resized(32).unwrap();
     assert_eq!(small.pixels.len(), 3 * 32 * 32 * 3);
     assert_eq!(small.labels, splits.test.subset(&[0, 1, 2]).labels);

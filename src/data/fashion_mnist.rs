@@ -1,4 +1,4 @@
-//! Fashion-MNIST: IDX parsing, import into the challenge layout, and the subset embedded in the crate.
+//! Fashion-MNIST: IDX parsing, import into the challenge layout, and the embedded subset.
 //!
 //! Fashion-MNIST (Zalando Research) has 70,000 grey 28x28 images of clothing in 10 classes:
 //! 60,000 for training and 10,000 for testing, stored as IDX files (optionally gzipped). On
@@ -36,6 +36,9 @@ pub const IMAGE_SIDE: usize = 28;
 /// Source file names of the two splits (images, labels), as published.
 const TRAIN_FILES: (&str, &str) = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte");
 const TEST_FILES: (&str, &str) = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte");
+
+/// Threads writing image files during [`import`]: the work is bound by `fsync` latency.
+const WRITE_THREADS: usize = 16;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -178,6 +181,12 @@ fn read_split(dir: &Path, (images_name, labels_name): (&str, &str)) -> Result<Sp
             ),
         });
     }
+    if count == 0 || rows == 0 || cols == 0 {
+        return Err(Error::Format {
+            path: images_path,
+            detail: format!("no images to import ({count} of {rows}x{cols})"),
+        });
+    }
     Ok(Split {
         count,
         rows,
@@ -318,16 +327,30 @@ fn write_split(
         }
     }
 
+    // Each small file waits on its own fsync, so the time goes to waiting on the disk, not to
+    // encoding: a pool wider than the core count keeps more writes in flight.
     let (width, height) = ((k * split.cols) as u32, (k * split.rows) as u32);
-    sources
-        .par_iter()
-        .zip(names.par_iter())
-        .try_for_each(|(item, name)| {
-            let path = images_dir.join(name);
-            let pixels = tile(split, item, k);
-            let png = encode_png(&path, &pixels, width, height, image::ExtendedColorType::L8)?;
-            crate::io::write_atomic(&path, &png)
-        })?;
+    let write_all = || {
+        sources
+            .par_iter()
+            .zip(names.par_iter())
+            .try_for_each(|(item, name)| {
+                let path = images_dir.join(name);
+                let pixels = tile(split, item, k);
+                let png = encode_png(&path, &pixels, width, height, image::ExtendedColorType::L8)?;
+                crate::io::write_atomic(&path, &png)
+            })
+    };
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(WRITE_THREADS)
+        .build()
+    {
+        Ok(pool) => pool.install(write_all)?,
+        Err(e) => {
+            log::debug!("no dedicated writer pool ({e}); writing on the global pool");
+            write_all()?;
+        }
+    }
     write_labels_csv(&dir.join("labels.csv"), &CLASS_NAMES, &names, &labels)?;
     Ok(sources.len())
 }
@@ -691,6 +714,23 @@ mod tests {
             *b ^= 0x5a;
         }
         assert!(format_error(read_idx_images(&corrupt, path)).starts_with("bad.idx: "));
+    }
+
+    #[test]
+    fn empty_split_is_refused() {
+        let dir = std::env::temp_dir().join(format!("labelwise-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (images, labels) in [TRAIN_FILES, TEST_FILES] {
+            std::fs::write(dir.join(images), idx_images(0, 28, 28, &[])).unwrap();
+            std::fs::write(dir.join(labels), idx_header(1, &[0])).unwrap();
+        }
+        let opts = ImportOptions {
+            mosaic: Some(2),
+            ..Default::default()
+        };
+        let message = format_error(import(&dir, &dir.join("out"), &opts));
+        assert!(message.contains("no images to import"), "{message}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

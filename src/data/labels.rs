@@ -170,6 +170,9 @@ pub(crate) fn check_file_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// One CSV record: the 1-based line it starts on and its fields.
+type Record = (u64, Vec<String>);
+
 /// Splits CSV text into records, each with the 1-based line it starts on; blank lines are
 /// dropped.
 ///
@@ -177,7 +180,7 @@ pub(crate) fn check_file_name(name: &str) -> std::result::Result<(), String> {
 /// after leading spaces as a literal character and reports line numbers that drift with CRLF
 /// and blank lines. Fields are trimmed of spaces and tabs outside quotes; inside quotes, `""`
 /// is a quote and line breaks are kept. Errors carry a line and a message.
-fn split_records(text: &str) -> std::result::Result<Vec<(u64, Vec<String>)>, (u64, String)> {
+fn split_records(text: &str) -> std::result::Result<Vec<Record>, (u64, String)> {
     #[derive(PartialEq)]
     enum Field {
         /// Outside quotes, before any quote.

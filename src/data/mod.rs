@@ -102,6 +102,11 @@ impl Dataset {
     /// Grey is replicated to RGB, 16-bit is scaled to 8-bit, alpha is dropped (not composited),
     /// the EXIF orientation is applied, and non-square images are stretched to the square.
     ///
+    /// # Limitations
+    /// CMYK and YCCK JPEGs are converted to RGB by the JPEG decoder without colour management;
+    /// no test covers them (the test fixtures cannot encode CMYK). Only the top level of
+    /// `images/` is listed, both for unlabelled folders and for the unlisted-image count.
+    ///
     /// # Errors
     /// [`Error::Csv`] for a malformed `labels.csv` or a row whose image is missing (naming the
     /// line), [`Error::Image`] for a bad image under [`BadImagePolicy::Fail`], [`Error::Io`] when
@@ -119,14 +124,17 @@ impl Dataset {
         let image_bytes = image_len(size)?;
         let images_dir = dir.join("images");
         if !images_dir.is_dir() {
-            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "missing; a task folder holds images/ and, when labelled, labels.csv");
+            let e = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing; a task folder holds images/ and, when labelled, labels.csv",
+            );
             return Err(Error::io(&images_dir, e));
         }
         let csv_path = dir.join("labels.csv");
         let mut report = LoadReport::default();
 
         // Decide the items: the rows of labels.csv, or the image files of images/.
-        let (label_names, mut files, mut labels) = if csv_path.exists() {
+        let (label_names, files, labels) = if csv_path.exists() {
             let table = read_labels_csv(&csv_path)?;
             for (file, &line) in table.files.iter().zip(&table.lines) {
                 if !images_dir.join(file).is_file() {
@@ -192,36 +200,18 @@ impl Dataset {
                 report.skipped.len(),
                 files.len()
             );
-            let num_labels = label_names.len();
-            for (slot, &index) in keep.iter().enumerate() {
-                if slot != index {
-                    pixels.copy_within(
-                        index * image_bytes..(index + 1) * image_bytes,
-                        slot * image_bytes,
-                    );
-                    files.swap(slot, index);
-                    if let Some(labels) = labels.as_mut() {
-                        labels.copy_within(
-                            index * num_labels..(index + 1) * num_labels,
-                            slot * num_labels,
-                        );
-                    }
-                }
-            }
-            pixels.truncate(keep.len() * image_bytes);
-            files.truncate(keep.len());
-            if let Some(labels) = labels.as_mut() {
-                labels.truncate(keep.len() * num_labels);
-            }
         }
 
-        let dataset = Dataset {
+        let mut dataset = Dataset {
             label_names,
             files,
             labels,
             size,
             pixels,
         };
+        if keep.len() < dataset.len() {
+            dataset.retain_items(&keep);
+        }
         log::info!(
             "loaded {} image(s) from {} at {size}x{size}, {} label(s)",
             dataset.len(),
@@ -475,6 +465,29 @@ impl Dataset {
                 )))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Keeps only the items at the increasing positions `keep`, compacting in place.
+    fn retain_items(&mut self, keep: &[usize]) {
+        let image_bytes = self.size * self.size * 3;
+        let num_labels = self.num_labels();
+        for (slot, &index) in keep.iter().enumerate() {
+            // slot <= index, so each move reads an item that has not been overwritten yet.
+            if slot != index {
+                let from = index * image_bytes..(index + 1) * image_bytes;
+                self.pixels.copy_within(from, slot * image_bytes);
+                self.files.swap(slot, index);
+                if let Some(labels) = self.labels.as_mut() {
+                    let from = index * num_labels..(index + 1) * num_labels;
+                    labels.copy_within(from, slot * num_labels);
+                }
+            }
+        }
+        self.pixels.truncate(keep.len() * image_bytes);
+        self.files.truncate(keep.len());
+        if let Some(labels) = self.labels.as_mut() {
+            labels.truncate(keep.len() * num_labels);
         }
     }
 
