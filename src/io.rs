@@ -1,0 +1,213 @@
+//! Atomic file output: every file the library writes goes through a temporary file and a rename.
+//!
+//! A reader of the destination sees either the earlier file or the complete new one, never a
+//! half-written file, and a failure (read-only folder, full disk, an error from the producer)
+//! leaves the earlier file as it was.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// Distinguishes temporary files made by concurrent writers in one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically.
+///
+/// The bytes go to a temporary file in the same folder, which is flushed to disk (`fsync`) and
+/// then renamed over `path`. On any failure the temporary file is removed and `path` keeps its
+/// earlier content; the error is an [`Error::Io`] naming `path`.
+///
+/// # Limitations
+/// The folder itself is not synced after the rename, so a power cut right after the call may
+/// still show the earlier file (never a mixture). The new file gets default permissions, not
+/// those of the file it replaces.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |writer| {
+        writer.write_all(bytes).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Writes the output of `produce` to `path` atomically.
+///
+/// `produce` receives a buffered writer onto a temporary file in the same folder as `path`.
+/// When it returns `Ok`, the file is flushed, synced and renamed over `path`; when it returns an
+/// error (its own, or one from the file system), the temporary file is removed, `path` keeps
+/// its earlier content and the error is returned.
+///
+/// ```
+/// # fn main() -> labelwise::Result<()> {
+/// use std::io::Write;
+/// let path = std::env::temp_dir().join("labelwise-doc-write-atomic.txt");
+/// labelwise::io::write_atomic_with(&path, |w| {
+///     writeln!(w, "hello").map_err(|e| labelwise::Error::io(&path, e))
+/// })?;
+/// assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
+pub fn write_atomic_with<F>(path: &Path, produce: F) -> Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> Result<()>,
+{
+    let (temp_path, file) = create_temp_beside(path)?;
+    let outcome = fill_and_sync(path, file, produce)
+        .and_then(|()| fs::rename(&temp_path, path).map_err(|e| context(path, e, "cannot rename")));
+    if outcome.is_err() {
+        // Best effort: the error that matters is the one being returned.
+        let _ = fs::remove_file(&temp_path);
+    }
+    outcome
+}
+
+/// Creates a fresh temporary file next to `path` (same folder, so the rename stays atomic).
+fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
+        )
+    })?;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    loop {
+        let serial = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".tmp-{}-{serial}", std::process::id()));
+        let temp_path = folder.join(temp_name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+        {
+            Ok(file) => return Ok((temp_path, file)),
+            // A leftover from a crashed process with a recycled id: try the next serial.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                let what = format!("cannot create a temporary file in {}", folder.display());
+                return Err(context(path, e, &what));
+            }
+        }
+    }
+}
+
+/// Runs the producer on a buffered writer, then flushes and syncs the file.
+fn fill_and_sync<F>(path: &Path, file: File, produce: F) -> Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> Result<()>,
+{
+    let mut writer = BufWriter::new(file);
+    produce(&mut writer)?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| context(path, e.into_error(), "cannot write"))?;
+    file.sync_all()
+        .map_err(|e| context(path, e, "cannot sync to disk"))
+}
+
+/// An [`Error::Io`] for `path` whose message says which step failed; the error kind is kept.
+fn context(path: &Path, source: io::Error, what: &str) -> Error {
+    Error::io(
+        path,
+        io::Error::new(source.kind(), format!("{what}: {source}")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("labelwise-io-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
+    }
+
+    #[test]
+    fn writes_and_replaces() {
+        let dir = scratch("replace");
+        let path = dir.join("a.txt");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert!(leftovers(&dir).is_empty());
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn failing_producer_keeps_earlier_file() {
+        let dir = scratch("producer");
+        let path = dir.join("a.txt");
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |w| {
+            w.write_all(b"partial").map_err(|e| Error::io(&path, e))?;
+            Err(Error::InvalidArgument("boom".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("boom"));
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert!(leftovers(&dir).is_empty());
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn missing_folder_names_the_path() {
+        let dir = scratch("missing");
+        let path = dir.join("no-such-folder").join("a.txt");
+        let err = write_atomic(&path, b"x").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Io { .. }));
+        assert!(
+            text.contains("a.txt") && text.contains("temporary file"),
+            "{text}"
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn read_only_folder_keeps_earlier_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("readonly");
+        let path = dir.join("a.txt");
+        write_atomic(&path, b"old").unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+        // Root ignores folder permissions; the check only means something for other users.
+        let probe = dir.join("probe");
+        let writable = File::create(&probe).is_ok();
+        if !writable {
+            let err = write_atomic(&path, b"new").unwrap_err();
+            assert!(matches!(err, Error::Io { .. }));
+            assert!(err.to_string().contains("a.txt"), "{err}");
+            assert_eq!(fs::read(&path).unwrap(), b"old");
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn folder_as_target_fails_cleanly() {
+        let dir = scratch("dir-target");
+        let target = dir.join("sub");
+        fs::create_dir(&target).unwrap();
+        let err = write_atomic(&target, b"x").unwrap_err();
+        assert!(err.to_string().contains("sub"), "{err}");
+        assert!(leftovers(&dir).is_empty());
+        fs::remove_dir_all(&dir).ok();
+    }
+}
