@@ -239,7 +239,7 @@ pub fn run(
     for strategy in &cfg.strategies {
         events(Event::Stage(&format!("strategy {strategy}")));
         let (_, mut oracle) = Oracle::new(pool)?;
-        let mut pool_state = Pool::new(pool.files.clone());
+        let mut pool_state = Pool::new(pool.files.clone())?;
         let mut bought: Vec<usize> = Vec::new();
         let mut bought_labels: Vec<u8> = Vec::new();
         let mut rounds = Vec::new();

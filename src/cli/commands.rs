@@ -121,7 +121,13 @@ pub fn import_fashion_mnist(global: &Global, a: &FashionMnistArgs) -> anyhow::Re
     };
     let summary = fashion_mnist::import(&a.source, &a.out, &opts)?;
     if !global.quiet {
-        println!("{summary}");
+        println!(
+            "{} training images to {}, {} test images to {}",
+            summary.train_items,
+            summary.train_dir.display(),
+            summary.test_items,
+            summary.test_dir.display()
+        );
         println!("imported into {} in {:.1}s", a.out.display(), start.elapsed().as_secs_f64());
     }
     Ok(())
@@ -189,7 +195,7 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
     let mut model = Model::load(&a.model, backend.clone())?;
     let mut data = load(&a.pool, model.config.image_size)?;
     data.labels = None;
-    let mut pool = Pool::new(data.files.clone());
+    let mut pool = Pool::new(data.files.clone())?;
 
     // Files already labelled or bought are never offered.
     if let Some(path) = &a.exclude {
@@ -272,14 +278,14 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         (Some(l), Some(p), Some(t)) => (load(l, size)?, load(p, size)?, load(t, size)?, format!("{}", l.display())),
         _ => {
             let splits = fashion_mnist::embedded()?;
-            let train = splits.train.resized(size);
+            let train = splits.train.resized(size)?;
             if a.initial_labelled < 2 || a.initial_labelled >= train.len() {
                 bail!("--initial-labelled must be between 2 and {}", train.len() - 1);
             }
             let order = labelwise::train::split_train_val(&(0..train.len()).collect::<Vec<_>>(), 0.0, a.recipe.seed ^ 0x5eed).0;
             let labelled = train.subset(&order[..a.initial_labelled]);
             let pool = train.subset(&order[a.initial_labelled..]);
-            (labelled, pool, splits.test.resized(size), "embedded Fashion-MNIST subset".to_string())
+            (labelled, pool, splits.test.resized(size)?, "embedded Fashion-MNIST subset".to_string())
         }
     };
 

@@ -237,11 +237,15 @@ impl Backend for CpuBackend {
     }
 
     // TODO: pool scoring is written in `crate::active` and wired here by the lead.
-    fn score_pool(&self, _logits: &Tensor, _p: ScoreParams) -> Result<Tensor> {
-        Err(Error::Unsupported("cpu: score_pool is not wired to crate::active yet".into()))
+    fn score_pool(&self, logits: &Tensor, p: ScoreParams) -> Result<Tensor> {
+        let [n, l] = logits.shape() else {
+            return Err(Error::shape("score_pool", format!("logits {:?} are not [N, L]", logits.shape())));
+        };
+        let scores = crate::active::uncertainty::score_rows(logits.cpu_slice("score_pool")?, *l, p)?;
+        Tensor::from_vec(scores, &[*n])
     }
 
-    fn top_k(&self, _scores: &Tensor, _k: usize) -> Result<Vec<usize>> {
-        Err(Error::Unsupported("cpu: top_k is not wired to crate::active yet".into()))
+    fn top_k(&self, scores: &Tensor, k: usize) -> Result<Vec<usize>> {
+        Ok(crate::active::select::top_k(scores.cpu_slice("top_k")?, k))
     }
 }

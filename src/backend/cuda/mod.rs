@@ -19,6 +19,11 @@ impl CudaStorage {
     }
 }
 
+/// One line on how this binary's CUDA kernels were built, for start-up tables.
+pub fn kernel_build_summary() -> String {
+    "not built (nvcc was not found at build time)".to_string()
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {}
 
