@@ -20,3 +20,8 @@ pub mod train;
 pub use backend::{Backend, BackendHandle, DeviceChoice};
 pub use error::{Error, Result};
 pub use tensor::Tensor;
+
+/// The README's Rust examples, compiled by `cargo test`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

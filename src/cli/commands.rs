@@ -14,12 +14,12 @@ use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
 use labelwise::experiment::{self, ExperimentConfig, ModelSettings};
 use labelwise::model::{Model, IMAGENET_MEAN, IMAGENET_STD};
 use labelwise::optim::AdamConfig;
-use labelwise::train::{self, TrainConfig};
+use labelwise::train::{self, LrSchedule, TrainConfig};
 
 use super::output;
 use super::progress::Reporter;
 use super::{EmbedArgs, EvaluateArgs, FashionMnistArgs, Global, LossChoice, PurchaseArgs, Recipe};
-use super::{BenchArgs, RunArgs, TrainArgs};
+use super::{BenchArgs, RunArgs, ScheduleChoice, TrainArgs};
 
 fn open_backend(global: &Global) -> anyhow::Result<BackendHandle> {
     Ok(backend::open(global.device)?)
@@ -66,6 +66,10 @@ impl Recipe {
                 ..AdamConfig::default()
             },
             seed: self.seed,
+            lr_schedule: match self.lr_schedule {
+                ScheduleChoice::Cosine => LrSchedule::Cosine,
+                ScheduleChoice::Constant => LrSchedule::Constant,
+            },
         }
     }
 
@@ -105,7 +109,7 @@ fn recipe_rows(r: &Recipe, epochs: usize) -> Vec<(&'static str, String)> {
         ("image size", format!("{}px", r.image_size)),
         ("epochs", epochs.to_string()),
         ("batch size", r.batch_size.to_string()),
-        ("optimiser", format!("{} lr {} wd {}", if r.adamw { "AdamW" } else { "Adam" }, r.lr, r.weight_decay)),
+        ("optimiser", format!("{} lr {} ({:?}) wd {}", if r.adamw { "AdamW" } else { "Adam" }, r.lr, r.lr_schedule, r.weight_decay)),
         ("cosface", format!("m {} s {}", r.margin, r.scale)),
         ("seed", r.seed.to_string()),
     ]

@@ -133,6 +133,9 @@ pub struct Recipe {
     /// Use AdamW (decoupled weight decay) instead of Adam.
     #[arg(long)]
     pub adamw: bool,
+    /// Learning-rate schedule: cosine (decays to 0 over the run) or constant.
+    #[arg(long, value_enum, default_value_t = ScheduleChoice::Cosine)]
+    pub lr_schedule: ScheduleChoice,
     /// CosFace margin m (training only).
     #[arg(long, default_value_t = 0.2)]
     pub margin: f32,
@@ -151,6 +154,12 @@ pub struct Recipe {
     /// Seed for initialisation, splits and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleChoice {
+    Cosine,
+    Constant,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
