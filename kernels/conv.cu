@@ -143,7 +143,7 @@ LW_KERNEL void __launch_bounds__(LW_THREADS) conv2d_fwd_f32(const ConvParams p) 
 // Backward data. Reads dy, w and the shapes; writes out = dx. Input pixel (h, w) receives tap
 // (kh, kw) from output pixel ((h + padding - kh) / stride, ...) when that division is exact
 // and in range.
-LW_KERNEL void __launch_bounds__(LW_THREADS) conv2d_bwd_data_f32(const ConvParams p) {
+LW_KERNEL void __launch_bounds__(LW_THREADS) conv2d_data_bwd_f32(const ConvParams p) {
     __shared__ LwTile as;
     __shared__ LwTile bs;
     const int tx = threadIdx.x % 16;
@@ -228,7 +228,7 @@ LW_KERNEL void __launch_bounds__(LW_THREADS) conv2d_bwd_data_f32(const ConvParam
 
 // Backward filter, one split of the output pixels per blockIdx.z. Reads x, dy, the shapes and
 // pixels_per_split; writes out[z, co, (kh, kw, ci)].
-LW_KERNEL void __launch_bounds__(LW_THREADS) conv2d_bwd_filter_f32(const ConvParams p) {
+LW_KERNEL void __launch_bounds__(LW_THREADS) conv2d_filter_bwd_f32(const ConvParams p) {
     __shared__ LwTile as;
     __shared__ LwTile bs;
     const int tx = threadIdx.x % 16;

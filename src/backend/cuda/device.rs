@@ -59,6 +59,9 @@ pub trait DeviceApi: Send + Sync {
     fn fill_u32(&self, dst: DevPtr, value: u32, count: usize) -> Result<()>;
     /// Makes a module's kernels launchable. Loading the same module twice is a no-op.
     fn load_module(&self, module: &ModuleImage) -> Result<()>;
+    /// Resolves `kernel` in its loaded module, failing if the entry point is missing (the
+    /// tests call it for every listed kernel; `launch` resolves on first use anyway).
+    fn load_kernel(&self, kernel: &Kernel) -> Result<()>;
     /// Launches `kernel` (its module loaded) with `params`, the bytes of its parameter struct.
     ///
     /// # Safety
@@ -179,6 +182,11 @@ impl DeviceApi for CudarcDevice {
             .map_err(|e| driver(format_args!("loading module {}", module.name), e))?;
         modules.insert(module.name, Handle(handle));
         Ok(())
+    }
+
+    fn load_kernel(&self, kernel: &Kernel) -> Result<()> {
+        self.bind()?;
+        self.function(kernel).map(|_| ())
     }
 
     unsafe fn launch(&self, kernel: &Kernel, dims: LaunchDims, params: &[u8]) -> Result<()> {

@@ -75,8 +75,8 @@ kernel_table! {
     }
     "conv" {
         CONV2D_FWD = "conv2d_fwd_f32" (ConvParams),
-        CONV2D_BWD_DATA = "conv2d_bwd_data_f32" (ConvParams),
-        CONV2D_BWD_FILTER = "conv2d_bwd_filter_f32" (ConvParams),
+        CONV2D_DATA_BWD = "conv2d_data_bwd_f32" (ConvParams),
+        CONV2D_FILTER_BWD = "conv2d_filter_bwd_f32" (ConvParams),
     }
     "head" {
         COSFACE_NORM_FWD = "cosface_norm_fwd_f32" (RowNormParams),

@@ -509,7 +509,7 @@ impl Backend for CudaBackend {
             shared_bytes: 0,
         };
         // SAFETY: dy, w and dx have the checked sizes; the kernel bounds every index by them.
-        unsafe { self.launch(&kernels::CONV2D_BWD_DATA, dims, &params)? };
+        unsafe { self.launch(&kernels::CONV2D_DATA_BWD, dims, &params)? };
         Ok(dx)
     }
 
@@ -558,7 +558,7 @@ impl Backend for CudaBackend {
             shared_bytes: 0,
         };
         // SAFETY: x and dy have the checked sizes; out holds splits * Co * k * k * Ci floats.
-        unsafe { self.launch(&kernels::CONV2D_BWD_FILTER, dims, &params)? };
+        unsafe { self.launch(&kernels::CONV2D_FILTER_BWD, dims, &params)? };
         if let Some(partial) = partial {
             let total = s.co * cols;
             self.column_sum_launch(OP, partial.ptr(), dev_ptr(OP, &dw)?, splits, total, splits, 1.0)?;
