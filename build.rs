@@ -27,7 +27,8 @@ const PTX_ARCH: &str = "compute_80";
 const NATIVE_CODE: &str = "sm_90";
 
 fn main() {
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernel_dir = root.join("kernels");
 
@@ -119,7 +120,9 @@ fn find_nvcc(root: &Path) -> Result<(PathBuf, String), String> {
 /// `<dir>/lib/python3.*/site-packages/nvidia/cu13/bin/nvcc`, the install script's layout.
 fn find_installed_nvcc(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let Ok(libs) = fs::read_dir(dir.join("lib")) else { return found };
+    let Ok(libs) = fs::read_dir(dir.join("lib")) else {
+        return found;
+    };
     for lib in libs.flatten() {
         let nvcc = lib.path().join("site-packages/nvidia/cu13/bin/nvcc");
         if nvcc.is_file() {
@@ -131,12 +134,20 @@ fn find_installed_nvcc(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn nvcc_version(nvcc: &Path) -> Result<String, String> {
-    let out = Command::new(nvcc).arg("--version").output().map_err(|e| e.to_string())?;
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!("--version exited with {}", out.status));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().find(|l| l.contains("release")).unwrap_or("unknown version").trim().into())
+    Ok(text
+        .lines()
+        .find(|l| l.contains("release"))
+        .unwrap_or("unknown version")
+        .trim()
+        .into())
 }
 
 /// One compiled kernel file.
@@ -155,7 +166,10 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path) -> Vec<Module> 
             .filter(|p| is_cu(p))
             .map(|src| scope.spawn(move || compile_one(nvcc, src, out_dir)))
             .collect();
-        handles.into_iter().map(|h| h.join().expect("nvcc thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("nvcc thread panicked"))
+            .collect()
     });
     let mut modules = Vec::new();
     let mut failures = Vec::new();
@@ -172,7 +186,10 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path) -> Vec<Module> 
 }
 
 fn compile_one(nvcc: &Path, src: &Path, out_dir: &Path) -> Result<Module, String> {
-    let name = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 kernel file name");
+    let name = src
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("utf-8 kernel file name");
     let ptx = out_dir.join(format!("{name}.ptx"));
     let fatbin = out_dir.join(format!("{name}.fatbin"));
 
@@ -180,7 +197,12 @@ fn compile_one(nvcc: &Path, src: &Path, out_dir: &Path) -> Result<Module, String
     // fatbin carries both, so the native code and the interpreter's PTX cannot drift apart.
     let mut to_ptx = Command::new(nvcc);
     to_ptx
-        .args(["-ptx", &format!("-arch={PTX_ARCH}"), "-std=c++17", "-lineinfo"])
+        .args([
+            "-ptx",
+            &format!("-arch={PTX_ARCH}"),
+            "-std=c++17",
+            "-lineinfo",
+        ])
         .arg("-I")
         .arg(src.parent().expect("kernel folder"))
         .arg(src)
@@ -190,18 +212,28 @@ fn compile_one(nvcc: &Path, src: &Path, out_dir: &Path) -> Result<Module, String
 
     let mut to_fatbin = Command::new(nvcc);
     to_fatbin
-        .args(["--fatbin", &format!("-arch={PTX_ARCH}"), &format!("-code={NATIVE_CODE},{PTX_ARCH}")])
+        .args([
+            "--fatbin",
+            &format!("-arch={PTX_ARCH}"),
+            &format!("-code={NATIVE_CODE},{PTX_ARCH}"),
+        ])
         .arg(&ptx)
         .arg("-o")
         .arg(&fatbin);
     run(&mut to_fatbin)?;
 
-    Ok(Module { name: name.to_string(), ptx, fatbin })
+    Ok(Module {
+        name: name.to_string(),
+        ptx,
+        fatbin,
+    })
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| format!("{shown}: could not start: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{shown}: could not start: {e}"))?;
     if out.status.success() {
         return Ok(());
     }
@@ -220,7 +252,11 @@ fn generated_rust(nvcc: Option<(&Path, &str)>, modules: &[Module]) -> String {
         Some((p, v)) => (true, p.display().to_string(), v.to_string()),
         None => (false, String::new(), String::new()),
     };
-    writeln!(s, "/// Whether build.rs compiled the kernels (it found a working nvcc).").unwrap();
+    writeln!(
+        s,
+        "/// Whether build.rs compiled the kernels (it found a working nvcc)."
+    )
+    .unwrap();
     writeln!(s, "pub const BUILT_WITH_NVCC: bool = {built};").unwrap();
     writeln!(s, "/// The nvcc that compiled the kernels (empty without).").unwrap();
     writeln!(s, "pub const NVCC_PATH: &str = {path:?};").unwrap();
@@ -236,7 +272,8 @@ fn generated_rust(nvcc: Option<(&Path, &str)>, modules: &[Module]) -> String {
     for m in modules {
         writeln!(
             s,
-            "    ModuleImage {{ name: {:?}, ptx: include_str!({:?}), fatbin: include_bytes!({:?}) }},",
+            "    ModuleImage {{ name: {:?}, ptx: include_str!({:?}), \
+             fatbin: include_bytes!({:?}) }},",
             m.name,
             m.ptx.display().to_string(),
             m.fatbin.display().to_string()
@@ -245,10 +282,20 @@ fn generated_rust(nvcc: Option<(&Path, &str)>, modules: &[Module]) -> String {
     }
     writeln!(s, "];").unwrap();
 
-    writeln!(s, "/// `(module name, PTX text)` of every kernel file, exactly as built.").unwrap();
+    writeln!(
+        s,
+        "/// `(module name, PTX text)` of every kernel file, exactly as built."
+    )
+    .unwrap();
     writeln!(s, "pub static PTX_MODULES: &[(&str, &str)] = &[").unwrap();
     for m in modules {
-        writeln!(s, "    ({:?}, include_str!({:?})),", m.name, m.ptx.display().to_string()).unwrap();
+        writeln!(
+            s,
+            "    ({:?}, include_str!({:?})),",
+            m.name,
+            m.ptx.display().to_string()
+        )
+        .unwrap();
     }
     writeln!(s, "];").unwrap();
     s

@@ -15,9 +15,13 @@ if [ -z "$nvcc" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; th
 fi
 if [ -z "$nvcc" ]; then nvcc=$(command -v nvcc || true); fi
 if [ -z "$nvcc" ]; then
-  nvcc=$(find -L "$root/.cuda" -path '*nvidia/cu13/bin/nvcc' -type f 2>/dev/null | head -n 1 || true)
+  nvcc=$(find -L "$root/.cuda" -path '*nvidia/cu13/bin/nvcc' -type f 2>/dev/null \
+         | head -n 1 || true)
 fi
-[ -n "$nvcc" ] && [ -x "$nvcc" ] || { echo "kernel-resources: no nvcc (see .ci/install-cuda.sh)" >&2; exit 2; }
+if [ -z "$nvcc" ] || [ ! -x "$nvcc" ]; then
+  echo "kernel-resources: no nvcc (see .ci/install-cuda.sh)" >&2
+  exit 2
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -32,12 +36,16 @@ ls "$root"/kernels/*.cu | xargs -P 2 -I{} sh -c \
 for log in "$work"/*.log; do
   file=$(basename "$log" .log)
   awk -v file="$file" '
-    /Compiling entry function/ { match($0, /\x27[^\x27]+\x27/); name = substr($0, RSTART + 1, RLENGTH - 2) }
+    /Compiling entry function/ {
+      match($0, /\x27[^\x27]+\x27/); name = substr($0, RSTART + 1, RLENGTH - 2)
+    }
     /bytes stack frame/ { stack = $1; stores = $5; loads = $9 }
     /Used [0-9]+ registers/ {
       regs = $0; sub(/.*Used /, "", regs); sub(/ registers.*/, "", regs)
       smem = 0
-      if (match($0, /[0-9]+ bytes smem/)) { smem = substr($0, RSTART, RLENGTH); sub(/ bytes smem/, "", smem) }
+      if (match($0, /[0-9]+ bytes smem/)) {
+        smem = substr($0, RSTART, RLENGTH); sub(/ bytes smem/, "", smem)
+      }
       print file, name, regs, smem, stack, stores, loads
     }' "$log"
 done | sort -k1,1 -k2,2 >"$work/table"
@@ -62,7 +70,10 @@ while read -r file name regs smem stack stores loads; do
 done <"$work/table"
 
 count=$(wc -l <"$work/table")
-if [ "$count" -eq 0 ]; then echo "kernel-resources: no kernels found in ptxas output" >&2; exit 2; fi
+if [ "$count" -eq 0 ]; then
+  echo "kernel-resources: no kernels found in ptxas output" >&2
+  exit 2
+fi
 if [ "$status" -ne 0 ]; then
   echo "kernel-resources: kernels above use local memory; fix them or add a" \
        "'// local-memory-ok: <reason>' lead comment" >&2

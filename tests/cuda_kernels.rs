@@ -25,18 +25,36 @@ struct Tolerance {
 }
 
 /// Same f32 operations in the same order: bit-identical up to fused multiply-adds.
-const EXACT: Tolerance = Tolerance { abs: 0.0, rel: 1e-6 };
+const EXACT: Tolerance = Tolerance {
+    abs: 0.0,
+    rel: 1e-6,
+};
 /// A few f32 operations, possibly contracted into FMAs or with another division order.
-const ELEMENTWISE: Tolerance = Tolerance { abs: 1e-6, rel: 1e-5 };
+const ELEMENTWISE: Tolerance = Tolerance {
+    abs: 1e-6,
+    rel: 1e-5,
+};
 /// exp / log / sqrt: CUDA's and Rust's libm differ by a few ulp.
-const TRANSCENDENTAL: Tolerance = Tolerance { abs: 1e-5, rel: 1e-4 };
+const TRANSCENDENTAL: Tolerance = Tolerance {
+    abs: 1e-5,
+    rel: 1e-4,
+};
 /// Sums of up to ~1e5 terms in a different order (tree in f32 vs the CPU's f64).
-const REDUCTION: Tolerance = Tolerance { abs: 1e-4, rel: 1e-4 };
+const REDUCTION: Tolerance = Tolerance {
+    abs: 1e-4,
+    rel: 1e-4,
+};
 /// Convolutions: dot products of up to 4608 terms of O(1) values, and backward-filter sums
 /// over up to ~1e4 pixels; f32 rounding of the GPU's order grows like sqrt(terms).
-const CONV: Tolerance = Tolerance { abs: 5e-4, rel: 1e-3 };
+const CONV: Tolerance = Tolerance {
+    abs: 5e-4,
+    rel: 1e-3,
+};
 /// Batch norm backward: differences of large sums, divided by small standard deviations.
-const BATCH_NORM_BWD: Tolerance = Tolerance { abs: 5e-4, rel: 1e-3 };
+const BATCH_NORM_BWD: Tolerance = Tolerance {
+    abs: 5e-4,
+    rel: 1e-3,
+};
 
 // ---- Harness ----------------------------------------------------------------------------------
 
@@ -52,7 +70,11 @@ impl Pair {
         match CudaBackend::open(0) {
             Ok(gpu) => {
                 gpu.set_poison(true);
-                Some(Pair { cpu: CpuBackend, gpu, rng: StdRng::seed_from_u64(0x1abe1) })
+                Some(Pair {
+                    cpu: CpuBackend,
+                    gpu,
+                    rng: StdRng::seed_from_u64(0x1abe1),
+                })
             }
             Err(e) => {
                 eprintln!("SKIPPED {test}: no CUDA backend here ({e})");
@@ -68,7 +90,10 @@ impl Pair {
 
     /// The same host data on both backends.
     fn both(&self, data: &[f32], shape: &[usize]) -> (Tensor, Tensor) {
-        (self.cpu.from_host(data, shape).unwrap(), self.gpu.from_host(data, shape).unwrap())
+        (
+            self.cpu.from_host(data, shape).unwrap(),
+            self.gpu.from_host(data, shape).unwrap(),
+        )
     }
 
     /// Random values on both backends.
@@ -95,7 +120,11 @@ fn assert_close(what: &str, cpu: &Tensor, gpu: &Tensor, tol: Tolerance) {
         }
         let abs = (g - w).abs();
         let rel = abs / w.abs().max(f32::MIN_POSITIVE);
-        let excess = if abs.is_nan() { f32::INFINITY } else { abs - (tol.abs + tol.rel * w.abs()) };
+        let excess = if abs.is_nan() {
+            f32::INFINITY
+        } else {
+            abs - (tol.abs + tol.rel * w.abs())
+        };
         max_abs = max_abs.max(abs);
         max_rel = max_rel.max(rel);
         if excess > 0.0 || abs.is_nan() {
@@ -152,14 +181,27 @@ fn every_listed_kernel_is_an_entry_of_the_embedded_ptx() {
             .unwrap_or_else(|| panic!("{}: no module {}", kernel.name, kernel.module));
         let bytes = ptx_entry_param_bytes(ptx, kernel.name)
             .unwrap_or_else(|| panic!("{} is not an .entry of {}.ptx", kernel.name, kernel.module));
-        assert_eq!(bytes, kernel.param_bytes, "{}: PTX parameter size vs Rust struct", kernel.name);
+        assert_eq!(
+            bytes, kernel.param_bytes,
+            "{}: PTX parameter size vs Rust struct",
+            kernel.name
+        );
     }
     // And the other way: every entry point in the PTX is listed on the Rust side.
     for (module, ptx) in kernels::PTX_MODULES {
         for line in ptx.lines().filter(|l| l.contains(".entry ")) {
-            let name = line.split(".entry ").nth(1).unwrap().split('(').next().unwrap().trim();
+            let name = line
+                .split(".entry ")
+                .nth(1)
+                .unwrap()
+                .split('(')
+                .next()
+                .unwrap()
+                .trim();
             assert!(
-                kernels::ALL.iter().any(|k| k.name == name && k.module == *module),
+                kernels::ALL
+                    .iter()
+                    .any(|k| k.name == name && k.module == *module),
                 "{module}.ptx has entry {name} that kernels.rs does not list"
             );
         }
@@ -174,7 +216,11 @@ fn kernel_names_follow_the_convention_and_are_unique() {
             "{} is not <op>_<fwd|bwd>_f32",
             kernel.name
         );
-        assert!(kernels::ALL[..i].iter().all(|k| k.name != kernel.name), "{} twice", kernel.name);
+        assert!(
+            kernels::ALL[..i].iter().all(|k| k.name != kernel.name),
+            "{} twice",
+            kernel.name
+        );
     }
 }
 
@@ -182,7 +228,10 @@ fn kernel_names_follow_the_convention_and_are_unique() {
 fn embedded_fatbins_and_ptx_are_present() {
     for m in kernels::MODULES {
         assert!(!m.fatbin.is_empty(), "{}: empty fatbin", m.name);
-        assert!(m.ptx.contains(&format!(".target {}", kernels::PTX_ARCH.replace("compute", "sm"))));
+        assert!(m.ptx.contains(&format!(
+            ".target {}",
+            kernels::PTX_ARCH.replace("compute", "sm")
+        )));
     }
     assert_eq!(kernels::MODULES.len(), kernels::PTX_MODULES.len());
 }
@@ -191,7 +240,12 @@ fn embedded_fatbins_and_ptx_are_present() {
 fn open_reports_a_typed_error_instead_of_panicking() {
     match CudaBackend::open(0) {
         Ok(b) => eprintln!("a GPU is present: {}", b.device().describe()),
-        Err(Error::BuiltWithoutCuda) => assert!(!kernels::BUILT_WITH_NVCC),
+        Err(Error::BuiltWithoutCuda) => {
+            assert!(
+                kernels::PTX_MODULES.is_empty(),
+                "BuiltWithoutCuda but PTX is embedded"
+            )
+        }
         Err(Error::Cuda(why)) => eprintln!("no GPU: {why}"),
         Err(other) => panic!("unexpected error type: {other}"),
     }
@@ -199,9 +253,14 @@ fn open_reports_a_typed_error_instead_of_panicking() {
 
 #[test]
 fn every_listed_kernel_loads() {
-    let Some(p) = Pair::new("every_listed_kernel_loads") else { return };
+    let Some(p) = Pair::new("every_listed_kernel_loads") else {
+        return;
+    };
     for kernel in kernels::ALL {
-        p.gpu.device().load_kernel(kernel).unwrap_or_else(|e| panic!("{}: {e}", kernel.name));
+        p.gpu
+            .device()
+            .load_kernel(kernel)
+            .unwrap_or_else(|e| panic!("{}: {e}", kernel.name));
     }
 }
 
@@ -211,13 +270,20 @@ const ELEMENTWISE_SHAPES: &[&[usize]] = &[&[1], &[7], &[3, 5, 7, 11], &[100_003]
 
 #[test]
 fn elementwise_ops_match_cpu() {
-    let Some(mut p) = Pair::new("elementwise_ops_match_cpu") else { return };
+    let Some(mut p) = Pair::new("elementwise_ops_match_cpu") else {
+        return;
+    };
     for &shape in ELEMENTWISE_SHAPES {
         let (ac, ag) = p.random(shape, -2.0, 2.0);
         let (bc, bg) = p.random(shape, -2.0, 2.0);
         let tag = |op: &str| format!("{op} {shape:?}");
         let add = |b: &dyn Backend, x: &Tensor, y: &Tensor| b.add(x, y);
-        assert_close(&tag("add"), &add(&p.cpu, &ac, &bc).unwrap(), &add(&*p.gpu, &ag, &bg).unwrap(), EXACT);
+        assert_close(
+            &tag("add"),
+            &add(&p.cpu, &ac, &bc).unwrap(),
+            &add(&*p.gpu, &ag, &bg).unwrap(),
+            EXACT,
+        );
         assert_close(
             &tag("scale"),
             &unwrap("scale", "cpu", p.cpu.scale(&ac, -0.37)),
@@ -248,46 +314,71 @@ fn elementwise_ops_match_cpu() {
 
 #[test]
 fn non_finite_count_matches_cpu() {
-    let Some(mut p) = Pair::new("non_finite_count_matches_cpu") else { return };
+    let Some(mut p) = Pair::new("non_finite_count_matches_cpu") else {
+        return;
+    };
     for n in [1usize, 1000, 1_000_003] {
         let mut data = p.uniform(n, -1.0, 1.0);
         for j in 0..(n / 97) {
             data[(j * 7919) % n] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][j % 3];
         }
         let (c, g) = p.both(&data, &[n]);
-        assert_eq!(p.cpu.non_finite_count(&c).unwrap(), p.gpu.non_finite_count(&g).unwrap(), "n {n}");
+        assert_eq!(
+            p.cpu.non_finite_count(&c).unwrap(),
+            p.gpu.non_finite_count(&g).unwrap(),
+            "n {n}"
+        );
     }
 }
 
 #[test]
 fn channel_sum_matches_cpu() {
-    let Some(mut p) = Pair::new("channel_sum_matches_cpu") else { return };
-    for shape in [&[3usize][..], &[1, 3], &[2, 5, 7, 65], &[4096, 33], &[200_000, 3], &[64, 1]] {
+    let Some(mut p) = Pair::new("channel_sum_matches_cpu") else {
+        return;
+    };
+    for shape in [
+        &[3usize][..],
+        &[1, 3],
+        &[2, 5, 7, 65],
+        &[4096, 33],
+        &[200_000, 3],
+        &[64, 1],
+    ] {
         let (c, g) = p.random(shape, -1.0, 1.0);
         let tag = format!("channel_sum {shape:?}");
-        assert_close(&tag, &p.cpu.channel_sum(&c).unwrap(), &p.gpu.channel_sum(&g).unwrap(), REDUCTION);
+        assert_close(
+            &tag,
+            &p.cpu.channel_sum(&c).unwrap(),
+            &p.gpu.channel_sum(&g).unwrap(),
+            REDUCTION,
+        );
     }
 }
 
 // ---- Convolution ------------------------------------------------------------------------------
 
-/// (N, H, W, Ci, Co, k, stride, padding): ResNet18's shapes at small batch and odd ones.
-const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
-    (2, 32, 32, 3, 64, 7, 2, 3),    // stem
-    (2, 8, 8, 64, 64, 3, 1, 1),     // layer1
-    (2, 8, 8, 64, 128, 3, 2, 1),    // layer2 first conv
-    (2, 8, 8, 64, 128, 1, 2, 0),    // downsample
-    (1, 7, 7, 512, 512, 3, 1, 1),   // layer4, batch 1
-    (1, 5, 7, 3, 5, 3, 1, 0),       // tiny, no padding
-    (3, 9, 6, 17, 70, 3, 2, 1),     // channels not multiples of the tile
-    (1, 1, 1, 1, 1, 1, 1, 0),       // one element
-    (2, 11, 10, 5, 3, 5, 3, 2),     // 5x5, stride 3
-    (1, 6, 6, 20, 9, 7, 1, 3),      // 7x7 stride 1 on a small image
+/// (N, H, W, Ci, Co, k, stride, padding).
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// ResNet18's shapes at small batch, and odd ones.
+const CONV_CASES: &[ConvCase] = &[
+    (2, 32, 32, 3, 64, 7, 2, 3),  // stem
+    (2, 8, 8, 64, 64, 3, 1, 1),   // layer1
+    (2, 8, 8, 64, 128, 3, 2, 1),  // layer2 first conv
+    (2, 8, 8, 64, 128, 1, 2, 0),  // downsample
+    (1, 7, 7, 512, 512, 3, 1, 1), // layer4, batch 1
+    (1, 5, 7, 3, 5, 3, 1, 0),     // tiny, no padding
+    (3, 9, 6, 17, 70, 3, 2, 1),   // channels not multiples of the tile
+    (1, 1, 1, 1, 1, 1, 1, 0),     // one element
+    (2, 11, 10, 5, 3, 5, 3, 2),   // 5x5, stride 3
+    (1, 6, 6, 20, 9, 7, 1, 3),    // 7x7 stride 1 on a small image
 ];
 
 #[test]
 fn conv2d_matches_cpu() {
-    let Some(mut p) = Pair::new("conv2d_matches_cpu") else { return };
+    let Some(mut p) = Pair::new("conv2d_matches_cpu") else {
+        return;
+    };
     for &(n, h, w, ci, co, k, stride, padding) in CONV_CASES {
         let cp = Conv2dParams { stride, padding };
         let tag = |op: &str| format!("{op} x [{n},{h},{w},{ci}] w [{co},{k},{k},{ci}] {cp:?}");
@@ -295,16 +386,32 @@ fn conv2d_matches_cpu() {
         let (wc, wg) = p.random(&[co, k, k, ci], -0.5, 0.5);
         let (bc, bg) = p.random(&[co], -1.0, 1.0);
 
-        let yc = unwrap("conv2d_fwd", "cpu", p.cpu.conv2d_fwd(&xc, &wc, Some(&bc), cp));
-        let yg = unwrap("conv2d_fwd", "cuda", p.gpu.conv2d_fwd(&xg, &wg, Some(&bg), cp));
+        let yc = unwrap(
+            "conv2d_fwd",
+            "cpu",
+            p.cpu.conv2d_fwd(&xc, &wc, Some(&bc), cp),
+        );
+        let yg = unwrap(
+            "conv2d_fwd",
+            "cuda",
+            p.gpu.conv2d_fwd(&xg, &wg, Some(&bg), cp),
+        );
         assert_close(&tag("conv2d_fwd+bias"), &yc, &yg, CONV);
         let yc = p.cpu.conv2d_fwd(&xc, &wc, None, cp).unwrap();
         let yg = p.gpu.conv2d_fwd(&xg, &wg, None, cp).unwrap();
         assert_close(&tag("conv2d_fwd"), &yc, &yg, CONV);
 
         let (dyc, dyg) = p.random(yc.shape(), -1.0, 1.0);
-        let dxc = unwrap("conv2d_bwd_data", "cpu", p.cpu.conv2d_bwd_data(&dyc, &wc, xc.shape(), cp));
-        let dxg = unwrap("conv2d_bwd_data", "cuda", p.gpu.conv2d_bwd_data(&dyg, &wg, xg.shape(), cp));
+        let dxc = unwrap(
+            "conv2d_bwd_data",
+            "cpu",
+            p.cpu.conv2d_bwd_data(&dyc, &wc, xc.shape(), cp),
+        );
+        let dxg = unwrap(
+            "conv2d_bwd_data",
+            "cuda",
+            p.gpu.conv2d_bwd_data(&dyg, &wg, xg.shape(), cp),
+        );
         assert_close(&tag("conv2d_bwd_data"), &dxc, &dxg, CONV);
         let dwc = p.cpu.conv2d_bwd_filter(&xc, &dyc, wc.shape(), cp).unwrap();
         let dwg = p.gpu.conv2d_bwd_filter(&xg, &dyg, wg.shape(), cp).unwrap();
@@ -315,23 +422,50 @@ fn conv2d_matches_cpu() {
 #[test]
 fn conv2d_bwd_filter_split_sum_matches_cpu() {
     // Enough pixels that the pixel sum is split across many blocks and reduced afterwards.
-    let Some(mut p) = Pair::new("conv2d_bwd_filter_split_sum_matches_cpu") else { return };
-    let cp = Conv2dParams { stride: 1, padding: 1 };
+    let Some(mut p) = Pair::new("conv2d_bwd_filter_split_sum_matches_cpu") else {
+        return;
+    };
+    let cp = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
     let (xc, xg) = p.random(&[8, 28, 28, 16], -1.0, 1.0);
     let (dyc, dyg) = p.random(&[8, 28, 28, 24], -1.0, 1.0);
-    let dwc = p.cpu.conv2d_bwd_filter(&xc, &dyc, &[24, 3, 3, 16], cp).unwrap();
-    let dwg = p.gpu.conv2d_bwd_filter(&xg, &dyg, &[24, 3, 3, 16], cp).unwrap();
+    let dwc = p
+        .cpu
+        .conv2d_bwd_filter(&xc, &dyc, &[24, 3, 3, 16], cp)
+        .unwrap();
+    let dwg = p
+        .gpu
+        .conv2d_bwd_filter(&xg, &dyg, &[24, 3, 3, 16], cp)
+        .unwrap();
     // 6272 pixels per weight: a looser bound in absolute terms, same in relative.
-    assert_close("conv2d_bwd_filter split", &dwc, &dwg, Tolerance { abs: 2e-3, rel: 1e-3 });
+    assert_close(
+        "conv2d_bwd_filter split",
+        &dwc,
+        &dwg,
+        Tolerance {
+            abs: 2e-3,
+            rel: 1e-3,
+        },
+    );
 }
 
 // ---- Batch norm -------------------------------------------------------------------------------
 
 #[test]
 fn batch_norm_matches_cpu() {
-    let Some(mut p) = Pair::new("batch_norm_matches_cpu") else { return };
+    let Some(mut p) = Pair::new("batch_norm_matches_cpu") else {
+        return;
+    };
     let bn = BatchNormParams { eps: 1e-5 };
-    for shape in [&[2usize, 5, 5, 3][..], &[4, 8, 8, 64], &[1, 1, 1, 7], &[64, 1000], &[8, 32, 32, 64]] {
+    for shape in [
+        &[2usize, 5, 5, 3][..],
+        &[4, 8, 8, 64],
+        &[1, 1, 1, 7],
+        &[64, 1000],
+        &[8, 32, 32, 64],
+    ] {
         let c = *shape.last().unwrap();
         let tag = |op: &str| format!("{op} {shape:?}");
         // An offset mean stresses the variance computation.
@@ -339,8 +473,16 @@ fn batch_norm_matches_cpu() {
         let (gc, gg) = p.random(&[c], 0.5, 1.5);
         let (bc, bg) = p.random(&[c], -0.5, 0.5);
 
-        let oc = unwrap("batch_norm_fwd_train", "cpu", p.cpu.batch_norm_fwd_train(&xc, &gc, &bc, bn));
-        let og = unwrap("batch_norm_fwd_train", "cuda", p.gpu.batch_norm_fwd_train(&xg, &gg, &bg, bn));
+        let oc = unwrap(
+            "batch_norm_fwd_train",
+            "cpu",
+            p.cpu.batch_norm_fwd_train(&xc, &gc, &bc, bn),
+        );
+        let og = unwrap(
+            "batch_norm_fwd_train",
+            "cuda",
+            p.gpu.batch_norm_fwd_train(&xg, &gg, &bg, bn),
+        );
         assert_close(&tag("batch_norm mean"), &oc.mean, &og.mean, REDUCTION);
         assert_close(&tag("batch_norm var"), &oc.var, &og.var, REDUCTION);
         // Rows of one element have zero variance: y = beta exactly, gamma / sqrt(eps) * 0.
@@ -348,8 +490,14 @@ fn batch_norm_matches_cpu() {
 
         let (mc, mg) = p.random(&[c], 2.5, 3.5);
         let (vc, vg) = p.random(&[c], 0.05, 2.0);
-        let yc = p.cpu.batch_norm_fwd_eval(&xc, &gc, &bc, &mc, &vc, bn).unwrap();
-        let yg = p.gpu.batch_norm_fwd_eval(&xg, &gg, &bg, &mg, &vg, bn).unwrap();
+        let yc = p
+            .cpu
+            .batch_norm_fwd_eval(&xc, &gc, &bc, &mc, &vc, bn)
+            .unwrap();
+        let yg = p
+            .gpu
+            .batch_norm_fwd_eval(&xg, &gg, &bg, &mg, &vg, bn)
+            .unwrap();
         assert_close(&tag("batch_norm_fwd_eval"), &yc, &yg, TRANSCENDENTAL);
 
         let (dyc, dyg) = p.random(shape, -1.0, 1.0);
@@ -373,13 +521,50 @@ fn batch_norm_matches_cpu() {
 
 #[test]
 fn max_pool_matches_cpu_including_ties() {
-    let Some(mut p) = Pair::new("max_pool_matches_cpu_including_ties") else { return };
+    let Some(mut p) = Pair::new("max_pool_matches_cpu_including_ties") else {
+        return;
+    };
     let cases = [
-        ([2usize, 9, 9, 5], PoolParams { kernel: 3, stride: 2, padding: 1 }),
-        ([2, 16, 16, 64], PoolParams { kernel: 3, stride: 2, padding: 1 }),
-        ([1, 8, 8, 3], PoolParams { kernel: 2, stride: 2, padding: 0 }),
-        ([1, 7, 5, 4], PoolParams { kernel: 3, stride: 1, padding: 1 }),
-        ([1, 1, 1, 2], PoolParams { kernel: 1, stride: 1, padding: 0 }),
+        (
+            [2usize, 9, 9, 5],
+            PoolParams {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+        ),
+        (
+            [2, 16, 16, 64],
+            PoolParams {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+        ),
+        (
+            [1, 8, 8, 3],
+            PoolParams {
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+        ),
+        (
+            [1, 7, 5, 4],
+            PoolParams {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+        ),
+        (
+            [1, 1, 1, 2],
+            PoolParams {
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+            },
+        ),
     ];
     for (shape, pp) in cases {
         for ties in [false, true] {
@@ -403,12 +588,23 @@ fn max_pool_matches_cpu_including_ties() {
 
 #[test]
 fn global_average_pool_matches_cpu() {
-    let Some(mut p) = Pair::new("global_average_pool_matches_cpu") else { return };
-    for shape in [[2usize, 7, 7, 512], [1, 1, 1, 3], [3, 4, 5, 6], [5, 56, 56, 64]] {
+    let Some(mut p) = Pair::new("global_average_pool_matches_cpu") else {
+        return;
+    };
+    for shape in [
+        [2usize, 7, 7, 512],
+        [1, 1, 1, 3],
+        [3, 4, 5, 6],
+        [5, 56, 56, 64],
+    ] {
         let tag = |op: &str| format!("{op} {shape:?}");
         let (xc, xg) = p.random(&shape, -1.0, 1.0);
         let yc = unwrap("avg_pool_global_fwd", "cpu", p.cpu.avg_pool_global_fwd(&xc));
-        let yg = unwrap("avg_pool_global_fwd", "cuda", p.gpu.avg_pool_global_fwd(&xg));
+        let yg = unwrap(
+            "avg_pool_global_fwd",
+            "cuda",
+            p.gpu.avg_pool_global_fwd(&xg),
+        );
         assert_close(&tag("avg_pool_global_fwd"), &yc, &yg, REDUCTION);
         let (dyc, dyg) = p.random(yc.shape(), -1.0, 1.0);
         let dxc = p.cpu.avg_pool_global_bwd(&dyc, &shape).unwrap();
@@ -436,10 +632,21 @@ fn targets(p: &mut Pair, n: usize, l: usize, multilabel: bool) -> Vec<f32> {
 
 #[test]
 fn cosface_matches_cpu() {
-    let Some(mut p) = Pair::new("cosface_matches_cpu") else { return };
-    for (n, l, d) in [(4usize, 10usize, 512usize), (3, 7, 33), (1, 1, 1), (130, 20, 64)] {
+    let Some(mut p) = Pair::new("cosface_matches_cpu") else {
+        return;
+    };
+    for (n, l, d) in [
+        (4usize, 10usize, 512usize),
+        (3, 7, 33),
+        (1, 1, 1),
+        (130, 20, 64),
+    ] {
         for multilabel in [false, true] {
-            let cf = CosFaceParams { margin: 0.35, scale: 30.0, multilabel };
+            let cf = CosFaceParams {
+                margin: 0.35,
+                scale: 30.0,
+                multilabel,
+            };
             let tag = |op: &str| format!("{op} n {n} l {l} d {d} multilabel {multilabel}");
             let mut emb = p.uniform(n * d, -1.0, 1.0);
             if n > 1 {
@@ -450,16 +657,31 @@ fn cosface_matches_cpu() {
             let t = targets(&mut p, n, l, multilabel);
             let (tc, tg) = p.both(&t, &[n, l]);
             for with_targets in [false, true] {
-                let (tcs, tgs) = if with_targets { (Some(&tc), Some(&tg)) } else { (None, None) };
+                let (tcs, tgs) = if with_targets {
+                    (Some(&tc), Some(&tg))
+                } else {
+                    (None, None)
+                };
                 let yc = unwrap("cosface_fwd", "cpu", p.cpu.cosface_fwd(&ec, &wc, tcs, cf));
                 let yg = unwrap("cosface_fwd", "cuda", p.gpu.cosface_fwd(&eg, &wg, tgs, cf));
                 // Logits are 30 x a cosine: the scale multiplies the cosine's rounding.
-                assert_close(&tag("cosface_fwd"), &yc, &yg, Tolerance { abs: 1e-4, rel: 1e-4 });
+                assert_close(
+                    &tag("cosface_fwd"),
+                    &yc,
+                    &yg,
+                    Tolerance {
+                        abs: 1e-4,
+                        rel: 1e-4,
+                    },
+                );
             }
             let (gc, gg) = p.random(&[n, l], -1.0, 1.0);
             let (dec, dwc) = unwrap("cosface_bwd", "cpu", p.cpu.cosface_bwd(&gc, &ec, &wc, cf));
             let (deg, dwg) = unwrap("cosface_bwd", "cuda", p.gpu.cosface_bwd(&gg, &eg, &wg, cf));
-            let tol = Tolerance { abs: 1e-3, rel: 1e-3 };
+            let tol = Tolerance {
+                abs: 1e-3,
+                rel: 1e-3,
+            };
             // The zero row's gradient is dcos / eps (F.normalize semantics): compared relatively.
             assert_close(&tag("cosface_bwd d_emb"), &dec, &deg, tol);
             assert_close(&tag("cosface_bwd d_weight"), &dwc, &dwg, tol);
@@ -469,8 +691,15 @@ fn cosface_matches_cpu() {
 
 #[test]
 fn losses_and_probabilities_match_cpu() {
-    let Some(mut p) = Pair::new("losses_and_probabilities_match_cpu") else { return };
-    for (n, l, spread) in [(5usize, 10usize, 3.0f32), (1, 1, 1.0), (300, 37, 3.0), (17, 5, 60.0)] {
+    let Some(mut p) = Pair::new("losses_and_probabilities_match_cpu") else {
+        return;
+    };
+    for (n, l, spread) in [
+        (5usize, 10usize, 3.0f32),
+        (1, 1, 1.0),
+        (300, 37, 3.0),
+        (17, 5, 60.0),
+    ] {
         for multilabel in [false, true] {
             let tag = |op: &str| format!("{op} [{n}, {l}] spread {spread} multilabel {multilabel}");
             let (zc, zg) = p.random(&[n, l], -spread, spread);
@@ -494,7 +723,11 @@ fn losses_and_probabilities_match_cpu() {
             assert_close(&tag("xent_fwd"), &lc, &lg, TRANSCENDENTAL);
             assert_close(&tag("xent_bwd"), &gc, &gg, TRANSCENDENTAL);
             let pc = unwrap("probabilities", "cpu", p.cpu.probabilities(&zc, multilabel));
-            let pg = unwrap("probabilities", "cuda", p.gpu.probabilities(&zg, multilabel));
+            let pg = unwrap(
+                "probabilities",
+                "cuda",
+                p.gpu.probabilities(&zg, multilabel),
+            );
             assert_close(&tag("probabilities"), &pc, &pg, TRANSCENDENTAL);
         }
     }
@@ -502,7 +735,9 @@ fn losses_and_probabilities_match_cpu() {
 
 #[test]
 fn adam_update_matches_cpu() {
-    let Some(mut p) = Pair::new("adam_update_matches_cpu") else { return };
+    let Some(mut p) = Pair::new("adam_update_matches_cpu") else {
+        return;
+    };
     let n = 10_007;
     for decoupled in [false, true] {
         for step in [1u32, 2, 1000] {
@@ -523,8 +758,16 @@ fn adam_update_matches_cpu() {
             let (gc, gg) = p.both(&g, &[n]);
             let (mut mc, mut mg) = p.both(&m, &[n]);
             let (mut vc, mut vg) = p.both(&v, &[n]);
-            unwrap("adam_update", "cpu", p.cpu.adam_update(&mut wc, &gc, &mut mc, &mut vc, ap));
-            unwrap("adam_update", "cuda", p.gpu.adam_update(&mut wg, &gg, &mut mg, &mut vg, ap));
+            unwrap(
+                "adam_update",
+                "cpu",
+                p.cpu.adam_update(&mut wc, &gc, &mut mc, &mut vc, ap),
+            );
+            unwrap(
+                "adam_update",
+                "cuda",
+                p.gpu.adam_update(&mut wg, &gg, &mut mg, &mut vg, ap),
+            );
             let tag = |what: &str| format!("adam_update {what} decoupled {decoupled} step {step}");
             assert_close(&tag("param"), &wc, &wg, ELEMENTWISE);
             assert_close(&tag("m"), &mc, &mg, ELEMENTWISE);
@@ -537,16 +780,36 @@ fn adam_update_matches_cpu() {
 
 #[test]
 fn score_pool_matches_cpu() {
-    let Some(mut p) = Pair::new("score_pool_matches_cpu") else { return };
-    for (n, l, spread) in [(257usize, 10usize, 4.0f32), (5, 1, 2.0), (3, 40, 40.0), (64, 2, 0.01)] {
+    let Some(mut p) = Pair::new("score_pool_matches_cpu") else {
+        return;
+    };
+    for (n, l, spread) in [
+        (257usize, 10usize, 4.0f32),
+        (5, 1, 2.0),
+        (3, 40, 40.0),
+        (64, 2, 0.01),
+    ] {
         let (zc, zg) = p.random(&[n, l], -spread, spread);
         for multilabel in [false, true] {
-            for uncertainty in [Uncertainty::LeastConfidence, Uncertainty::Margin, Uncertainty::Entropy] {
+            for uncertainty in [
+                Uncertainty::LeastConfidence,
+                Uncertainty::Margin,
+                Uncertainty::Entropy,
+            ] {
                 for aggregate in [Aggregate::Mean, Aggregate::Max, Aggregate::Sum] {
-                    let sp = ScoreParams { uncertainty, aggregate, multilabel };
+                    let sp = ScoreParams {
+                        uncertainty,
+                        aggregate,
+                        multilabel,
+                    };
                     let sc = unwrap("score_pool", "cpu", p.cpu.score_pool(&zc, sp));
                     let sg = unwrap("score_pool", "cuda", p.gpu.score_pool(&zg, sp));
-                    assert_close(&format!("score_pool [{n}, {l}] {sp:?}"), &sc, &sg, TRANSCENDENTAL);
+                    assert_close(
+                        &format!("score_pool [{n}, {l}] {sp:?}"),
+                        &sc,
+                        &sg,
+                        TRANSCENDENTAL,
+                    );
                 }
             }
         }
@@ -555,10 +818,16 @@ fn score_pool_matches_cpu() {
 
 #[test]
 fn top_k_matches_cpu_with_ties() {
-    let Some(mut p) = Pair::new("top_k_matches_cpu_with_ties") else { return };
+    let Some(mut p) = Pair::new("top_k_matches_cpu_with_ties") else {
+        return;
+    };
     for n in [1usize, 10, 1000, 70_001] {
         // Few distinct values, so ties must go to the lower index.
-        let data: Vec<f32> = p.uniform(n, 0.0, 1.0).iter().map(|v| (v * 20.0).floor()).collect();
+        let data: Vec<f32> = p
+            .uniform(n, 0.0, 1.0)
+            .iter()
+            .map(|v| (v * 20.0).floor())
+            .collect();
         let (c, g) = p.both(&data, &[n]);
         for k in [0, 1, 10, n, n + 5] {
             let want = unwrap("top_k", "cpu", p.cpu.top_k(&c, k));

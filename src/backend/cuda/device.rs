@@ -38,7 +38,11 @@ pub struct LaunchDims {
 impl LaunchDims {
     /// A 1-D launch of `blocks` blocks of `threads` threads.
     pub fn linear(blocks: u32, threads: u32) -> Self {
-        LaunchDims { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes: 0 }
+        LaunchDims {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            shared_bytes: 0,
+        }
     }
 }
 
@@ -99,18 +103,28 @@ impl CudarcDevice {
     pub fn open(ordinal: usize) -> Result<Self> {
         // SAFETY: only tries to dlopen the driver library by its usual names.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Cuda("no CUDA driver (libcuda) on this machine".into()));
+            return Err(Error::Cuda(
+                "no CUDA driver (libcuda) on this machine".into(),
+            ));
         }
         let count = CudaContext::device_count().map_err(|e| driver("counting devices", e))?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::Cuda(format!("device {ordinal} requested, {count} present")));
+            return Err(Error::Cuda(format!(
+                "device {ordinal} requested, {count} present"
+            )));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| driver("creating a context", e))?;
-        Ok(CudarcDevice { ctx, modules: Mutex::default(), functions: Mutex::default() })
+        Ok(CudarcDevice {
+            ctx,
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+        })
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| driver("binding the context", e))
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("binding the context", e))
     }
 
     fn function(&self, kernel: &Kernel) -> Result<sys::CUfunction> {
@@ -118,9 +132,17 @@ impl CudarcDevice {
         if let Some(f) = functions.get(kernel.name) {
             return Ok(f.0);
         }
-        let module = self.modules.lock().expect("module cache poisoned").get(kernel.module).copied();
+        let module = self
+            .modules
+            .lock()
+            .expect("module cache poisoned")
+            .get(kernel.module)
+            .copied();
         let module = module.ok_or_else(|| {
-            Error::Cuda(format!("{}: module {} is not loaded", kernel.name, kernel.module))
+            Error::Cuda(format!(
+                "{}: module {} is not loaded",
+                kernel.name, kernel.module
+            ))
         })?;
         let name = CString::new(kernel.name).expect("kernel names have no NUL");
         // SAFETY: `module` was loaded into our context and is never unloaded before drop.
@@ -166,7 +188,9 @@ impl DeviceApi for CudarcDevice {
     fn fill_u32(&self, dst: DevPtr, value: u32, count: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: the caller owns `count` words at `dst`.
-        unsafe { sys::cuMemsetD32_v2(dst, value, count) }.result().map_err(|e| driver("fill", e))
+        unsafe { sys::cuMemsetD32_v2(dst, value, count) }
+            .result()
+            .map_err(|e| driver("fill", e))
     }
 
     fn load_module(&self, module: &ModuleImage) -> Result<()> {
@@ -233,7 +257,11 @@ impl Drop for CudarcDevice {
         if self.bind().is_err() {
             return;
         }
-        let modules = self.modules.get_mut().map(std::mem::take).unwrap_or_default();
+        let modules = self
+            .modules
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         for (_, m) in modules {
             // SAFETY: loaded by us, no function of it is used after the device is dropped.
             let _ = unsafe { result::module::unload(m.0) };

@@ -55,7 +55,10 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(device: Arc<dyn DeviceApi>) -> Arc<Self> {
-        Arc::new(Allocator { device, pool: Mutex::default() })
+        Arc::new(Allocator {
+            device,
+            pool: Mutex::default(),
+        })
     }
 
     /// A buffer of at least `bytes` bytes, contents undefined.
@@ -89,7 +92,11 @@ impl Allocator {
                 ptr
             }
         };
-        Ok(DeviceBuffer { ptr, class, allocator: self.clone() })
+        Ok(DeviceBuffer {
+            ptr,
+            class,
+            allocator: self.clone(),
+        })
     }
 
     /// Frees every cached (unused) buffer back to the driver.
@@ -165,7 +172,10 @@ mod tests {
         assert_eq!(size_class(1 << 20), 1 << 20);
         for bytes in [(1 << 20) + 1, 3_000_000, 123_456_789, 1 << 30] {
             let class = size_class(bytes);
-            assert!(class >= bytes && (class - bytes) * 8 <= bytes, "{bytes} -> {class}");
+            assert!(
+                class >= bytes && (class - bytes) * 8 <= bytes,
+                "{bytes} -> {class}"
+            );
         }
     }
 }

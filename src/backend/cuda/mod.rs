@@ -128,14 +128,17 @@ impl CudaBackend {
     }
 
     fn arc(&self) -> Arc<CudaBackend> {
-        self.this.upgrade().expect("a CudaBackend is always owned by an Arc")
+        self.this
+            .upgrade()
+            .expect("a CudaBackend is always owned by an Arc")
     }
 
     /// A scratch buffer of `bytes` bytes (NaN-filled when poisoning).
     fn scratch(&self, bytes: usize) -> Result<DeviceBuffer> {
         let buffer = self.memory.alloc(bytes)?;
         if self.poison.load(Ordering::Relaxed) {
-            self.device.fill_u32(buffer.ptr(), f32::NAN.to_bits(), buffer.bytes() / 4)?;
+            self.device
+                .fill_u32(buffer.ptr(), f32::NAN.to_bits(), buffer.bytes() / 4)?;
         }
         Ok(buffer)
     }
@@ -144,7 +147,14 @@ impl CudaBackend {
     fn empty(&self, shape: &[usize]) -> Result<crate::tensor::Tensor> {
         let len: usize = shape.iter().product();
         let buffer = self.scratch(len * 4)?;
-        let storage = CudaStorage { buffer, len, backend: self.arc() };
-        Ok(crate::tensor::Tensor::new(crate::tensor::Storage::Cuda(storage), shape))
+        let storage = CudaStorage {
+            buffer,
+            len,
+            backend: self.arc(),
+        };
+        Ok(crate::tensor::Tensor::new(
+            crate::tensor::Storage::Cuda(storage),
+            shape,
+        ))
     }
 }

@@ -35,7 +35,9 @@ const COSFACE_NORM_EPS: f32 = 1e-12;
 /// Kernels index with `i32`; refuse anything that could overflow it.
 fn index(op: &'static str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| {
-        Error::Unsupported(format!("cuda {op}: {n} elements exceed the 32-bit kernel indexing"))
+        Error::Unsupported(format!(
+            "cuda {op}: {n} elements exceed the 32-bit kernel indexing"
+        ))
     })
 }
 
@@ -46,27 +48,41 @@ fn grid_u32(op: &'static str, blocks: usize) -> Result<u32> {
 fn dev_ptr(op: &'static str, t: &Tensor) -> Result<DevPtr> {
     match t.storage() {
         Storage::Cuda(s) => Ok(s.ptr()),
-        other => Err(Error::Device { op, expected: "cuda", found: other.device_name() }),
+        other => Err(Error::Device {
+            op,
+            expected: "cuda",
+            found: other.device_name(),
+        }),
     }
 }
 
 fn dev_ptr_mut(op: &'static str, t: &mut Tensor) -> Result<DevPtr> {
     match t.storage_mut(op)? {
         Storage::Cuda(s) => Ok(s.ptr()),
-        other => Err(Error::Device { op, expected: "cuda", found: other.device_name() }),
+        other => Err(Error::Device {
+            op,
+            expected: "cuda",
+            found: other.device_name(),
+        }),
     }
 }
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{:?} vs {:?}", a.shape(), b.shape()),
+        ));
     }
     Ok(())
 }
 
 fn rank(op: &'static str, t: &Tensor, r: usize, what: &str) -> Result<()> {
     if t.shape().len() != r {
-        return Err(Error::shape(op, format!("{what} must have {r} axes, got {:?}", t.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{what} must have {r} axes, got {:?}", t.shape()),
+        ));
     }
     Ok(())
 }
@@ -74,13 +90,22 @@ fn rank(op: &'static str, t: &Tensor, r: usize, what: &str) -> Result<()> {
 /// `[C]` vectors of a per-channel op.
 fn channel_vector(op: &'static str, t: &Tensor, c: usize, what: &str) -> Result<()> {
     if t.shape() != [c] {
-        return Err(Error::shape(op, format!("{what} must be [{c}], got {:?}", t.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{what} must be [{c}], got {:?}", t.shape()),
+        ));
     }
     Ok(())
 }
 
 /// Output size of a window sweep, or a shape error if the window does not fit.
-fn out_size(op: &'static str, input: usize, kernel: usize, stride: usize, pad: usize) -> Result<usize> {
+fn out_size(
+    op: &'static str,
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<usize> {
     if stride == 0 || kernel == 0 || input + 2 * pad < kernel {
         return Err(Error::shape(
             op,
@@ -107,7 +132,10 @@ fn reduce_plan(rows: usize, cols: usize) -> ReducePlan {
     let most = rows.div_ceil(REDUCE_MIN_ROWS_PER_CHUNK).max(1);
     let chunks = wanted.clamp(1, most);
     let rows_per_chunk = rows.div_ceil(chunks).max(1);
-    ReducePlan { chunks: rows.div_ceil(rows_per_chunk).max(1), rows_per_chunk }
+    ReducePlan {
+        chunks: rows.div_ceil(rows_per_chunk).max(1),
+        rows_per_chunk,
+    }
 }
 
 /// Geometry of a convolution, checked.
@@ -125,14 +153,29 @@ struct ConvShape {
 impl ConvShape {
     fn new(op: &'static str, x: &[usize], w: &[usize], p: Conv2dParams) -> Result<Self> {
         let ([n, h, wd, ci], [co, kh, kw, wci]) = (x, w) else {
-            return Err(Error::shape(op, format!("x {x:?} must be NHWC, w {w:?} [Co, k, k, Ci]")));
+            return Err(Error::shape(
+                op,
+                format!("x {x:?} must be NHWC, w {w:?} [Co, k, k, Ci]"),
+            ));
         };
         if kh != kw || ci != wci {
-            return Err(Error::shape(op, format!("x {x:?} and w {w:?} do not match")));
+            return Err(Error::shape(
+                op,
+                format!("x {x:?} and w {w:?} do not match"),
+            ));
         }
         let ho = out_size(op, *h, *kh, p.stride, p.padding)?;
         let wo = out_size(op, *wd, *kw, p.stride, p.padding)?;
-        Ok(ConvShape { n: *n, h: *h, w: *wd, ci: *ci, ho, wo, co: *co, k: *kh })
+        Ok(ConvShape {
+            n: *n,
+            h: *h,
+            w: *wd,
+            ci: *ci,
+            ho,
+            wo,
+            co: *co,
+            k: *kh,
+        })
     }
 
     fn params(&self, op: &'static str, p: Conv2dParams) -> Result<ConvParams> {
@@ -168,7 +211,10 @@ impl CudaBackend {
 
     /// A simple elementwise kernel over `n` elements.
     fn elementwise(&self, op: &'static str, kernel: &Kernel, p: EwParams, n: usize) -> Result<()> {
-        let p = EwParams { n: index(op, n)?, ..p };
+        let p = EwParams {
+            n: index(op, n)?,
+            ..p
+        };
         if n == 0 {
             return Ok(());
         }
@@ -183,14 +229,15 @@ impl CudaBackend {
         op: &'static str,
         x: DevPtr,
         out: DevPtr,
-        rows: usize,
-        cols: usize,
+        [rows, cols]: [usize; 2],
         rows_per_chunk: usize,
         scale: f32,
     ) -> Result<()> {
         let chunks = rows.div_ceil(rows_per_chunk.max(1)).max(1);
         if chunks > 65_535 {
-            return Err(Error::Unsupported(format!("cuda {op}: {chunks} row chunks")));
+            return Err(Error::Unsupported(format!(
+                "cuda {op}: {chunks} row chunks"
+            )));
         }
         let p = ColumnSumParams {
             x,
@@ -225,11 +272,18 @@ impl CudaBackend {
     ) -> Result<()> {
         let plan = reduce_plan(rows, cols);
         if plan.chunks == 1 {
-            return self.column_sum_launch(op, x, out, rows, cols, rows.max(1), scale);
+            return self.column_sum_launch(op, x, out, [rows, cols], rows.max(1), scale);
         }
         let partial = self.scratch(plan.chunks * cols * 4)?;
-        self.column_sum_launch(op, x, partial.ptr(), rows, cols, plan.rows_per_chunk, 1.0)?;
-        self.column_sum_launch(op, partial.ptr(), out, plan.chunks, cols, plan.chunks, scale)
+        self.column_sum_launch(op, x, partial.ptr(), [rows, cols], plan.rows_per_chunk, 1.0)?;
+        self.column_sum_launch(
+            op,
+            partial.ptr(),
+            out,
+            [plan.chunks, cols],
+            plan.chunks,
+            scale,
+        )
     }
 
     /// Launches one of the batch norm kernels over [rows, cols].
@@ -260,7 +314,13 @@ impl CudaBackend {
     }
 
     /// One warp per row of [rows, cols] (`head.cu`).
-    fn row_launch<P: Pod>(&self, op: &'static str, kernel: &Kernel, rows: usize, p: &P) -> Result<()> {
+    fn row_launch<P: Pod>(
+        &self,
+        op: &'static str,
+        kernel: &Kernel,
+        rows: usize,
+        p: &P,
+    ) -> Result<()> {
         if rows == 0 {
             return Ok(());
         }
@@ -297,12 +357,20 @@ impl CudaBackend {
         Ok(inv)
     }
 
-    fn cosface_shapes(&self, op: &'static str, emb: &Tensor, weight: &Tensor) -> Result<[usize; 3]> {
+    fn cosface_shapes(
+        &self,
+        op: &'static str,
+        emb: &Tensor,
+        weight: &Tensor,
+    ) -> Result<[usize; 3]> {
         rank(op, emb, 2, "embeddings")?;
         rank(op, weight, 2, "class weights")?;
         let (n, d, l) = (emb.shape()[0], emb.shape()[1], weight.shape()[0]);
         if weight.shape()[1] != d {
-            return Err(Error::shape(op, format!("emb {:?}, weight {:?}", emb.shape(), weight.shape())));
+            return Err(Error::shape(
+                op,
+                format!("emb {:?}, weight {:?}", emb.shape(), weight.shape()),
+            ));
         }
         index(op, n * d)?;
         index(op, l * d)?;
@@ -319,12 +387,16 @@ impl Backend for CudaBackend {
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if data.len() != n {
-            return Err(Error::shape("from_host", format!("{} elements for {shape:?}", data.len())));
+            return Err(Error::shape(
+                "from_host",
+                format!("{} elements for {shape:?}", data.len()),
+            ));
         }
         index("from_host", n)?;
         let t = self.empty(shape)?;
         if n > 0 {
-            self.device.copy_h2d(dev_ptr("from_host", &t)?, bytemuck::cast_slice(data))?;
+            self.device
+                .copy_h2d(dev_ptr("from_host", &t)?, bytemuck::cast_slice(data))?;
         }
         Ok(t)
     }
@@ -333,7 +405,8 @@ impl Backend for CudaBackend {
         let ptr = dev_ptr("to_host", x)?;
         let mut out = vec![0f32; x.len()];
         if !out.is_empty() {
-            self.device.copy_d2h(ptr, bytemuck::cast_slice_mut(&mut out))?;
+            self.device
+                .copy_d2h(ptr, bytemuck::cast_slice_mut(&mut out))?;
         }
         Ok(out)
     }
@@ -353,11 +426,20 @@ impl Backend for CudaBackend {
         let n = x.len();
         let count = self.scratch(4)?;
         self.device.fill_u32(count.ptr(), 0, 1)?;
-        let p = CountParams { x: dev_ptr(OP, x)?, count: count.ptr(), n: index(OP, n)?, pad: 0 };
+        let p = CountParams {
+            x: dev_ptr(OP, x)?,
+            count: count.ptr(),
+            n: index(OP, n)?,
+            pad: 0,
+        };
         if n > 0 {
             // SAFETY: x holds n elements, count one u32.
             unsafe {
-                self.launch(&kernels::NON_FINITE_COUNT_FWD, LaunchDims::linear(stride_blocks(n), THREADS), &p)?
+                self.launch(
+                    &kernels::NON_FINITE_COUNT_FWD,
+                    LaunchDims::linear(stride_blocks(n), THREADS),
+                    &p,
+                )?
             };
         }
         let mut bytes = [0u8; 4];
@@ -383,14 +465,23 @@ impl Backend for CudaBackend {
         const OP: &str = "add_assign";
         same_shape(OP, a, b)?;
         let n = a.len();
-        let p = EwParams { out: dev_ptr_mut(OP, a)?, b: dev_ptr(OP, b)?, ..Default::default() };
+        let p = EwParams {
+            out: dev_ptr_mut(OP, a)?,
+            b: dev_ptr(OP, b)?,
+            ..Default::default()
+        };
         self.elementwise(OP, &kernels::ADD_ASSIGN_FWD, p, n)
     }
 
     fn scale(&self, x: &Tensor, alpha: f32) -> Result<Tensor> {
         const OP: &str = "scale";
         let out = self.empty(x.shape())?;
-        let p = EwParams { out: dev_ptr(OP, &out)?, a: dev_ptr(OP, x)?, alpha, ..Default::default() };
+        let p = EwParams {
+            out: dev_ptr(OP, &out)?,
+            a: dev_ptr(OP, x)?,
+            alpha,
+            ..Default::default()
+        };
         self.elementwise(OP, &kernels::SCALE_FWD, p, x.len())?;
         Ok(out)
     }
@@ -412,7 +503,11 @@ impl Backend for CudaBackend {
     fn relu_fwd(&self, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "relu_fwd";
         let out = self.empty(x.shape())?;
-        let p = EwParams { out: dev_ptr(OP, &out)?, a: dev_ptr(OP, x)?, ..Default::default() };
+        let p = EwParams {
+            out: dev_ptr(OP, &out)?,
+            a: dev_ptr(OP, x)?,
+            ..Default::default()
+        };
         self.elementwise(OP, &kernels::RELU_FWD, p, x.len())?;
         Ok(out)
     }
@@ -437,7 +532,7 @@ impl Backend for CudaBackend {
             return Err(Error::shape(OP, "a scalar has no channel axis"));
         };
         index(OP, x.len())?;
-        let rows = if c == 0 { 0 } else { x.len() / c };
+        let rows = x.len().checked_div(c).unwrap_or(0);
         let out = self.zeros(&[c])?;
         if rows > 0 {
             self.column_sum(OP, dev_ptr(OP, x)?, dev_ptr(OP, &out)?, rows, c, 1.0)?;
@@ -470,7 +565,11 @@ impl Backend for CudaBackend {
             return Ok(y);
         }
         let dims = LaunchDims {
-            grid: [grid_u32(OP, rows.div_ceil(CONV_TILE))?, grid_u32(OP, s.co.div_ceil(CONV_TILE))?, 1],
+            grid: [
+                grid_u32(OP, rows.div_ceil(CONV_TILE))?,
+                grid_u32(OP, s.co.div_ceil(CONV_TILE))?,
+                1,
+            ],
             block: [THREADS, 1, 1],
             shared_bytes: 0,
         };
@@ -490,7 +589,10 @@ impl Backend for CudaBackend {
         const OP: &str = "conv2d_bwd_data";
         let s = ConvShape::new(OP, x_shape, w.shape(), p)?;
         if dy.shape() != [s.n, s.ho, s.wo, s.co] {
-            return Err(Error::shape(OP, format!("dy {:?} for x {x_shape:?}", dy.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("dy {:?} for x {x_shape:?}", dy.shape()),
+            ));
         }
         let dx = self.empty(x_shape)?;
         let params = ConvParams {
@@ -504,7 +606,11 @@ impl Backend for CudaBackend {
             return Ok(dx);
         }
         let dims = LaunchDims {
-            grid: [grid_u32(OP, rows.div_ceil(CONV_TILE))?, grid_u32(OP, s.ci.div_ceil(CONV_TILE))?, 1],
+            grid: [
+                grid_u32(OP, rows.div_ceil(CONV_TILE))?,
+                grid_u32(OP, s.ci.div_ceil(CONV_TILE))?,
+                1,
+            ],
             block: [THREADS, 1, 1],
             shared_bytes: 0,
         };
@@ -523,7 +629,10 @@ impl Backend for CudaBackend {
         const OP: &str = "conv2d_bwd_filter";
         let s = ConvShape::new(OP, x.shape(), w_shape, p)?;
         if dy.shape() != [s.n, s.ho, s.wo, s.co] {
-            return Err(Error::shape(OP, format!("dy {:?} for x {:?}", dy.shape(), x.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("dy {:?} for x {:?}", dy.shape(), x.shape()),
+            ));
         }
         let cols = s.k * s.k * s.ci;
         let pixels = s.n * s.ho * s.wo;
@@ -536,15 +645,24 @@ impl Backend for CudaBackend {
         // then summed by a column reduction (deterministic, unlike atomics).
         let tiles = s.co.div_ceil(CONV_TILE) * cols.div_ceil(CONV_TILE);
         let most = pixels.div_ceil(CONV_MIN_PIXELS_PER_SPLIT).max(1);
-        let wanted = CONV_TARGET_BLOCKS.div_ceil(tiles).clamp(1, most.min(65_535));
+        let wanted = CONV_TARGET_BLOCKS
+            .div_ceil(tiles)
+            .clamp(1, most.min(65_535));
         let per_split = pixels.div_ceil(wanted).div_ceil(CONV_TILE_K) * CONV_TILE_K;
         let splits = pixels.div_ceil(per_split);
         index(OP, splits * s.co * cols)?;
-        let partial = if splits > 1 { Some(self.scratch(splits * s.co * cols * 4)?) } else { None };
+        let partial = if splits > 1 {
+            Some(self.scratch(splits * s.co * cols * 4)?)
+        } else {
+            None
+        };
         let params = ConvParams {
             x: dev_ptr(OP, x)?,
             dy: dev_ptr(OP, dy)?,
-            out: partial.as_ref().map(|b| b.ptr()).unwrap_or(dev_ptr(OP, &dw)?),
+            out: partial
+                .as_ref()
+                .map(|b| b.ptr())
+                .unwrap_or(dev_ptr(OP, &dw)?),
             pixels_per_split: index(OP, per_split)?,
             ..s.params(OP, p)?
         };
@@ -561,7 +679,14 @@ impl Backend for CudaBackend {
         unsafe { self.launch(&kernels::CONV2D_FILTER_BWD, dims, &params)? };
         if let Some(partial) = partial {
             let total = s.co * cols;
-            self.column_sum_launch(OP, partial.ptr(), dev_ptr(OP, &dw)?, splits, total, splits, 1.0)?;
+            self.column_sum_launch(
+                OP,
+                partial.ptr(),
+                dev_ptr(OP, &dw)?,
+                [splits, total],
+                splits,
+                1.0,
+            )?;
         }
         Ok(dw)
     }
@@ -580,9 +705,12 @@ impl Backend for CudaBackend {
         channel_vector(OP, gamma, c, "gamma")?;
         channel_vector(OP, beta, c, "beta")?;
         index(OP, x.len())?;
-        let rows = if c == 0 { 0 } else { x.len() / c };
+        let rows = x.len().checked_div(c).unwrap_or(0);
         if rows == 0 {
-            return Err(Error::shape(OP, format!("no elements per channel in {:?}", x.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("no elements per channel in {:?}", x.shape()),
+            ));
         }
         let mean = self.empty(&[c])?;
         let var = self.empty(&[c])?;
@@ -611,9 +739,19 @@ impl Backend for CudaBackend {
             ..base
         };
         self.batch_norm_launch(OP, &kernels::BATCH_NORM_SQDEV_FWD, sqdev, plan.chunks)?;
-        self.column_sum_launch(OP, partial.ptr(), base.var, plan.chunks, c, plan.chunks, inv_rows)?;
+        self.column_sum_launch(
+            OP,
+            partial.ptr(),
+            base.var,
+            [plan.chunks, c],
+            plan.chunks,
+            inv_rows,
+        )?;
 
-        let apply = BatchNormKernelParams { out: dev_ptr(OP, &y)?, ..base };
+        let apply = BatchNormKernelParams {
+            out: dev_ptr(OP, &y)?,
+            ..base
+        };
         self.batch_norm_launch(OP, &kernels::BATCH_NORM_APPLY_FWD, apply, 0)?;
         Ok(BatchNormTrainOut { y, mean, var })
     }
@@ -631,7 +769,12 @@ impl Backend for CudaBackend {
         let Some(&c) = x.shape().last() else {
             return Err(Error::shape(OP, "a scalar has no channel axis"));
         };
-        for (t, what) in [(gamma, "gamma"), (beta, "beta"), (running_mean, "mean"), (running_var, "var")] {
+        for (t, what) in [
+            (gamma, "gamma"),
+            (beta, "beta"),
+            (running_mean, "mean"),
+            (running_var, "var"),
+        ] {
             channel_vector(OP, t, c, what)?;
         }
         index(OP, x.len())?;
@@ -643,7 +786,7 @@ impl Backend for CudaBackend {
             gamma: dev_ptr(OP, gamma)?,
             beta: dev_ptr(OP, beta)?,
             out: dev_ptr(OP, &y)?,
-            rows: index(OP, if c == 0 { 0 } else { x.len() / c })?,
+            rows: index(OP, x.len().checked_div(c).unwrap_or(0))?,
             cols: index(OP, c)?,
             eps: p.eps,
             ..Default::default()
@@ -670,9 +813,12 @@ impl Backend for CudaBackend {
             channel_vector(OP, t, c, what)?;
         }
         index(OP, x.len())?;
-        let rows = if c == 0 { 0 } else { x.len() / c };
+        let rows = x.len().checked_div(c).unwrap_or(0);
         if rows == 0 {
-            return Err(Error::shape(OP, format!("no elements per channel in {:?}", x.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("no elements per channel in {:?}", x.shape()),
+            ));
         }
         let dx = self.empty(x.shape())?;
         let dgamma = self.empty(&[c])?;
@@ -701,10 +847,27 @@ impl Backend for CudaBackend {
         };
         self.batch_norm_launch(OP, &kernels::BATCH_NORM_REDUCE_BWD, reduce, plan.chunks)?;
         let plane = (plan.chunks * c * 4) as u64;
-        self.column_sum_launch(OP, partial.ptr(), base.dbeta, plan.chunks, c, plan.chunks, 1.0)?;
-        self.column_sum_launch(OP, partial.ptr() + plane, base.dgamma, plan.chunks, c, plan.chunks, 1.0)?;
+        self.column_sum_launch(
+            OP,
+            partial.ptr(),
+            base.dbeta,
+            [plan.chunks, c],
+            plan.chunks,
+            1.0,
+        )?;
+        self.column_sum_launch(
+            OP,
+            partial.ptr() + plane,
+            base.dgamma,
+            [plan.chunks, c],
+            plan.chunks,
+            1.0,
+        )?;
 
-        let apply = BatchNormKernelParams { out: dev_ptr(OP, &dx)?, ..base };
+        let apply = BatchNormKernelParams {
+            out: dev_ptr(OP, &dx)?,
+            ..base
+        };
         self.batch_norm_launch(OP, &kernels::BATCH_NORM_APPLY_BWD, apply, 0)?;
         Ok((dx, dgamma, dbeta))
     }
@@ -734,7 +897,13 @@ impl Backend for CudaBackend {
         };
         if total > 0 {
             // SAFETY: x holds N H W C and y N Ho Wo C elements, the bounds the kernel uses.
-            unsafe { self.launch(&kernels::MAX_POOL_FWD, LaunchDims::linear(stride_blocks(total), THREADS), &params)? };
+            unsafe {
+                self.launch(
+                    &kernels::MAX_POOL_FWD,
+                    LaunchDims::linear(stride_blocks(total), THREADS),
+                    &params,
+                )?
+            };
         }
         Ok(y)
     }
@@ -746,7 +915,10 @@ impl Backend for CudaBackend {
         let ho = out_size(OP, h, p.kernel, p.stride, p.padding)?;
         let wo = out_size(OP, w, p.kernel, p.stride, p.padding)?;
         if y.shape() != [n, ho, wo, c] {
-            return Err(Error::shape(OP, format!("y {:?} for x {:?}", y.shape(), x.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("y {:?} for x {:?}", y.shape(), x.shape()),
+            ));
         }
         same_shape(OP, dy, y)?;
         let total = index(OP, x.len())? as usize;
@@ -769,7 +941,13 @@ impl Backend for CudaBackend {
         };
         if total > 0 {
             // SAFETY: x and dx hold N H W C, y and dy N Ho Wo C elements.
-            unsafe { self.launch(&kernels::MAX_POOL_BWD, LaunchDims::linear(stride_blocks(total), THREADS), &params)? };
+            unsafe {
+                self.launch(
+                    &kernels::MAX_POOL_BWD,
+                    LaunchDims::linear(stride_blocks(total), THREADS),
+                    &params,
+                )?
+            };
         }
         Ok(dx)
     }
@@ -786,7 +964,7 @@ impl Backend for CudaBackend {
         if n > 0 {
             // Each image is one chunk of H W rows of the [N H W, C] matrix.
             let (xp, yp) = (dev_ptr(OP, x)?, dev_ptr(OP, &y)?);
-            self.column_sum_launch(OP, xp, yp, n * h * w, c, h * w, 1.0 / (h * w) as f32)?;
+            self.column_sum_launch(OP, xp, yp, [n * h * w, c], h * w, 1.0 / (h * w) as f32)?;
         }
         Ok(y)
     }
@@ -794,10 +972,16 @@ impl Backend for CudaBackend {
     fn avg_pool_global_bwd(&self, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
         const OP: &str = "avg_pool_global_bwd";
         let &[n, h, w, c] = x_shape else {
-            return Err(Error::shape(OP, format!("x shape {x_shape:?} must be NHWC")));
+            return Err(Error::shape(
+                OP,
+                format!("x shape {x_shape:?} must be NHWC"),
+            ));
         };
         if dy.shape() != [n, c] || h * w == 0 {
-            return Err(Error::shape(OP, format!("dy {:?} for x {x_shape:?}", dy.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("dy {:?} for x {x_shape:?}", dy.shape()),
+            ));
         }
         let total = index(OP, n * h * w * c)? as usize;
         let dx = self.empty(x_shape)?;
@@ -811,7 +995,13 @@ impl Backend for CudaBackend {
         };
         if total > 0 {
             // SAFETY: dx holds N H W C and dy N C elements.
-            unsafe { self.launch(&kernels::AVG_POOL_GLOBAL_BWD, LaunchDims::linear(stride_blocks(total), THREADS), &p)? };
+            unsafe {
+                self.launch(
+                    &kernels::AVG_POOL_GLOBAL_BWD,
+                    LaunchDims::linear(stride_blocks(total), THREADS),
+                    &p,
+                )?
+            };
         }
         Ok(dx)
     }
@@ -827,7 +1017,10 @@ impl Backend for CudaBackend {
         let [n, l, d] = self.cosface_shapes(OP, emb, weight)?;
         if let Some(t) = targets {
             if t.shape() != [n, l] {
-                return Err(Error::shape(OP, format!("targets {:?}, logits [{n}, {l}]", t.shape())));
+                return Err(Error::shape(
+                    OP,
+                    format!("targets {:?}, logits [{n}, {l}]", t.shape()),
+                ));
             }
         }
         let logits = self.empty(&[n, l])?;
@@ -861,13 +1054,20 @@ impl Backend for CudaBackend {
         const OP: &str = "cosface_bwd";
         let [n, l, d] = self.cosface_shapes(OP, emb, weight)?;
         if dlogits.shape() != [n, l] {
-            return Err(Error::shape(OP, format!("dlogits {:?}, logits [{n}, {l}]", dlogits.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("dlogits {:?}, logits [{n}, {l}]", dlogits.shape()),
+            ));
         }
         let d_emb = self.empty(&[n, d])?;
         let d_weight = self.empty(&[l, d])?;
         let emb_inv = self.inverse_norms(OP, emb)?;
         let weight_inv = self.inverse_norms(OP, weight)?;
-        let (e, w, g) = (dev_ptr(OP, emb)?, dev_ptr(OP, weight)?, dev_ptr(OP, dlogits)?);
+        let (e, w, g) = (
+            dev_ptr(OP, emb)?,
+            dev_ptr(OP, weight)?,
+            dev_ptr(OP, dlogits)?,
+        );
 
         // The margin is a constant shift: only the cosine carries gradient, times the scale.
         let for_emb = CosFaceBwdParams {
@@ -967,8 +1167,21 @@ impl Backend for CudaBackend {
             pad: 0,
         };
         // SAFETY: logits, targets and the scratch hold N * L elements.
-        unsafe { self.launch(&kernels::SIGMOID_XENT_FWD, LaunchDims::linear(stride_blocks(total), THREADS), &p)? };
-        self.column_sum(OP, per_element.ptr(), dev_ptr(OP, &loss)?, total, 1, 1.0 / total as f32)?;
+        unsafe {
+            self.launch(
+                &kernels::SIGMOID_XENT_FWD,
+                LaunchDims::linear(stride_blocks(total), THREADS),
+                &p,
+            )?
+        };
+        self.column_sum(
+            OP,
+            per_element.ptr(),
+            dev_ptr(OP, &loss)?,
+            total,
+            1,
+            1.0 / total as f32,
+        )?;
         Ok(loss)
     }
 
@@ -988,7 +1201,13 @@ impl Backend for CudaBackend {
         };
         if total > 0 {
             // SAFETY: logits, targets and grad hold N * L elements.
-            unsafe { self.launch(&kernels::SIGMOID_XENT_BWD, LaunchDims::linear(stride_blocks(total), THREADS), &p)? };
+            unsafe {
+                self.launch(
+                    &kernels::SIGMOID_XENT_BWD,
+                    LaunchDims::linear(stride_blocks(total), THREADS),
+                    &p,
+                )?
+            };
         }
         Ok(grad)
     }
@@ -1000,7 +1219,11 @@ impl Backend for CudaBackend {
         index(OP, n * l)?;
         let out = self.empty(&[n, l])?;
         if multilabel {
-            let p = EwParams { out: dev_ptr(OP, &out)?, a: dev_ptr(OP, logits)?, ..Default::default() };
+            let p = EwParams {
+                out: dev_ptr(OP, &out)?,
+                a: dev_ptr(OP, logits)?,
+                ..Default::default()
+            };
             self.elementwise(OP, &kernels::SIGMOID_FWD, p, n * l)?;
         } else {
             let p = RowParams {
@@ -1028,7 +1251,9 @@ impl Backend for CudaBackend {
         same_shape(OP, param, m)?;
         same_shape(OP, param, v)?;
         if p.step == 0 {
-            return Err(Error::InvalidArgument("adam_update: step counts from 1".into()));
+            return Err(Error::InvalidArgument(
+                "adam_update: step counts from 1".into(),
+            ));
         }
         let n = param.len();
         // Bias corrections in f64: beta2^t for t in the thousands loses digits in f32.
@@ -1055,7 +1280,13 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         // SAFETY: the four buffers hold n elements each; param, m and v are uniquely held.
-        unsafe { self.launch(&kernels::ADAM_UPDATE_FWD, LaunchDims::linear(stride_blocks(n), THREADS), &params) }
+        unsafe {
+            self.launch(
+                &kernels::ADAM_UPDATE_FWD,
+                LaunchDims::linear(stride_blocks(n), THREADS),
+                &params,
+            )
+        }
     }
 
     fn score_pool(&self, logits: &Tensor, p: ScoreParams) -> Result<Tensor> {
@@ -1107,7 +1338,8 @@ impl Backend for CudaBackend {
         // SAFETY: scores holds n elements; order k slots, and the kernel writes only ranks < k.
         unsafe { self.launch(&kernels::TOP_K_FWD, LaunchDims::linear(blocks, THREADS), &p)? };
         let mut out = vec![0u32; k];
-        self.device.copy_d2h(order.ptr(), bytemuck::cast_slice_mut(&mut out))?;
+        self.device
+            .copy_d2h(order.ptr(), bytemuck::cast_slice_mut(&mut out))?;
         Ok(out.into_iter().map(|i| i as usize).collect())
     }
 }
