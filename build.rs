@@ -98,8 +98,8 @@ fn find_nvcc(root: &Path) -> Result<(PathBuf, String), String> {
         candidates.extend(env::split_paths(&path).map(|dir| dir.join("nvcc")));
     }
     let default_install = root.join(".cuda");
+    // Not declared for rerun: cargo would rescan the whole 300 MB install on every build.
     if default_install.exists() {
-        println!("cargo:rerun-if-changed={}", default_install.display());
         candidates.extend(find_installed_nvcc(&default_install));
     }
 
@@ -238,7 +238,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "{shown}\nexit status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        "{shown}\n{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

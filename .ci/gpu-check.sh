@@ -3,6 +3,7 @@
 # from a folder staged by .ci/gpu-prepare.sh:
 #   1. the kernel harness: every CUDA kernel against the CPU reference (fails on any SKIPPED:
 #      on a GPU machine a skip means the backend could not open);
+#   1b. the ignored throughput test: ms and TFLOP/s of each ResNet18 convolution;
 #   2. `labelwise bench --device cuda`, when the binary has that subcommand;
 #   3. .ci/torch_bench.py: PyTorch's ResNet18 training throughput for comparison.
 # Usage: ./gpu-check.sh [STAGE_DIR]   (default: this script's folder). Logs go to STAGE_DIR/logs.
@@ -33,6 +34,13 @@ for t in "$stage"/cuda_*; do
     summary+=("$name: passed")
   fi
 done
+
+echo "== 1b. convolution throughput per ResNet18 layer"
+if [ -x "$stage/cuda_kernels" ]; then
+  timeout 90 "$stage/cuda_kernels" conv_throughput --ignored --nocapture 2>&1 \
+    | grep -E '^conv|^peak|panicked' | tee "$logs/conv_throughput.log"
+  summary+=("conv throughput: exit ${PIPESTATUS[0]} (logs/conv_throughput.log)")
+fi
 
 echo "== 2. labelwise bench --device cuda"
 if "$stage/labelwise" bench --help >/dev/null 2>&1; then

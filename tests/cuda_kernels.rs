@@ -836,3 +836,69 @@ fn top_k_matches_cpu_with_ties() {
         }
     }
 }
+
+// ---- Throughput (GPU machines only, run with --ignored) ---------------------------------------
+
+/// Times the three convolution kernels on every ResNet18 convolution shape at batch 128, at 64
+/// and 224 px, and prints ms and TFLOP/s per layer: the data for tuning the tile sizes. Run by
+/// `.ci/gpu-check.sh`; `--ignored` because it only measures.
+#[test]
+#[ignore = "measures; run on a GPU machine with --ignored"]
+fn conv_throughput_resnet18_shapes() {
+    let Some(mut p) = Pair::new("conv_throughput_resnet18_shapes") else {
+        return;
+    };
+    p.gpu.set_poison(false);
+    for px in [64usize, 224] {
+        let s = px / 4; // after the stem's stride 2 and the max pool's stride 2
+                        // (H in, Ci, Co, k, stride, padding) of each distinct convolution.
+        let layers = [
+            (px, 3, 64, 7, 2, 3),
+            (s, 64, 64, 3, 1, 1),
+            (s, 64, 128, 3, 2, 1),
+            (s, 64, 128, 1, 2, 0),
+            (s / 2, 128, 128, 3, 1, 1),
+            (s / 2, 128, 256, 3, 2, 1),
+            (s / 4, 256, 256, 3, 1, 1),
+            (s / 4, 256, 512, 3, 2, 1),
+            (s / 8, 512, 512, 3, 1, 1),
+        ];
+        for (h, ci, co, k, stride, padding) in layers {
+            let cp = Conv2dParams { stride, padding };
+            let x = p
+                .gpu
+                .from_host(&p.uniform(128 * h * h * ci, -1.0, 1.0), &[128, h, h, ci]);
+            let w = p
+                .gpu
+                .from_host(&p.uniform(co * k * k * ci, -0.1, 0.1), &[co, k, k, ci]);
+            let (x, w) = (x.unwrap(), w.unwrap());
+            let y = p.gpu.conv2d_fwd(&x, &w, None, cp).unwrap();
+            let flops = 2.0 * y.len() as f64 * (k * k * ci) as f64;
+            let time = |f: &dyn Fn()| {
+                f();
+                p.gpu.synchronize().unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..5 {
+                    f();
+                }
+                p.gpu.synchronize().unwrap();
+                start.elapsed().as_secs_f64() / 5.0
+            };
+            let fwd = time(&|| drop(p.gpu.conv2d_fwd(&x, &w, None, cp).unwrap()));
+            let data = time(&|| drop(p.gpu.conv2d_bwd_data(&y, &w, x.shape(), cp).unwrap()));
+            let filter = time(&|| drop(p.gpu.conv2d_bwd_filter(&x, &y, w.shape(), cp).unwrap()));
+            let tf = |t: f64| flops / t / 1e12;
+            println!(
+                "conv {px:>3}px x [128,{h},{h},{ci}] w [{co},{k},{k},{ci}] s{stride} p{padding}: \
+                 fwd {:.3} ms {:.1} TF/s, data {:.3} ms {:.1} TF/s, filter {:.3} ms {:.1} TF/s",
+                fwd * 1e3,
+                tf(fwd),
+                data * 1e3,
+                tf(data),
+                filter * 1e3,
+                tf(filter)
+            );
+        }
+    }
+    println!("peak device memory: {} MiB", p.gpu.peak_bytes() >> 20);
+}
