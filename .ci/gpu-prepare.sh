@@ -20,7 +20,7 @@ mkdir -p "$stage"
 
 # Test binaries: cargo prints their paths in its JSON messages.
 for t in $tests; do
-  exe=$(cargo test --release --test "$t" --no-run --message-format=json 2>/dev/null \
+  exe=$(cargo test --release --test "$t" --no-run --message-format=json \
         | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -859,19 +859,20 @@ fn conv_throughput_resnet18_shapes() {
             (s, 64, 128, 1, 2, 0),
             (s / 2, 128, 128, 3, 1, 1),
             (s / 2, 128, 256, 3, 2, 1),
+            (s / 2, 128, 256, 1, 2, 0),
             (s / 4, 256, 256, 3, 1, 1),
             (s / 4, 256, 512, 3, 2, 1),
+            (s / 4, 256, 512, 1, 2, 0),
             (s / 8, 512, 512, 3, 1, 1),
         ];
         for (h, ci, co, k, stride, padding) in layers {
             let cp = Conv2dParams { stride, padding };
-            let x = p
-                .gpu
-                .from_host(&p.uniform(128 * h * h * ci, -1.0, 1.0), &[128, h, h, ci]);
-            let w = p
-                .gpu
-                .from_host(&p.uniform(co * k * k * ci, -0.1, 0.1), &[co, k, k, ci]);
-            let (x, w) = (x.unwrap(), w.unwrap());
+            let (xs, ws) = (
+                p.uniform(128 * h * h * ci, -1.0, 1.0),
+                p.uniform(co * k * k * ci, -0.1, 0.1),
+            );
+            let x = p.gpu.from_host(&xs, &[128, h, h, ci]).unwrap();
+            let w = p.gpu.from_host(&ws, &[co, k, k, ci]).unwrap();
             let y = p.gpu.conv2d_fwd(&x, &w, None, cp).unwrap();
             let flops = 2.0 * y.len() as f64 * (k * k * ci) as f64;
             let time = |f: &dyn Fn()| {
