@@ -43,7 +43,7 @@ if [ -x "$stage/cuda_kernels" ]; then
 fi
 
 echo "== 2. labelwise bench --device cuda"
-if "$stage/labelwise" bench --help >/dev/null 2>&1; then
+if "$stage/labelwise" --help 2>&1 | grep -qw bench; then
   timeout 120 "$stage/labelwise" bench --device cuda 2>&1 | tee "$logs/labelwise-bench.log"
   summary+=("labelwise bench: exit ${PIPESTATUS[0]}")
 else

@@ -46,12 +46,13 @@ for f in "$stage"/*; do
   if file "$f" | grep -q ELF; then strip --strip-debug "$f"; fi
 done
 
-{
+manifest=$(
   echo "commit: $(git rev-parse HEAD)$(git diff --quiet || echo ' (dirty)')"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
   echo "tests: $tests"
   du -b "$stage"/* | awk '{printf "%s %d\n", $2, $1}'
-} >"$stage/MANIFEST"
+)
+echo "$manifest" >"$stage/MANIFEST"
 total=$(du -sb "$stage" | cut -f1)
 echo "gpu-prepare: staged $(ls "$stage" | wc -l) files, $total bytes, in $stage"
 if [ "$total" -ge $((64 * 1024 * 1024)) ]; then
