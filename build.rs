@@ -44,14 +44,28 @@ fn main() {
                 sources.iter().filter(|p| is_cu(p)).count(),
                 nvcc.display()
             );
+            let started = std::time::Instant::now();
             let modules = compile_all(&nvcc, &sources, &out_dir);
+            let entries: usize = modules
+                .iter()
+                .map(|m| fs::read_to_string(&m.ptx).map_or(0, |ptx| ptx.matches(".entry ").count()))
+                .sum();
+            println!(
+                "cargo:warning=labelwise: built {entries} kernels in {} modules ({PTX_ARCH} PTX + \
+                 {NATIVE_CODE} fatbin) in {:.1} s",
+                modules.len(),
+                started.elapsed().as_secs_f64()
+            );
+            // A newer nvcc at the same path should rebuild the kernels.
+            println!("cargo:rerun-if-changed={}", nvcc.display());
             println!("cargo:rustc-cfg=labelwise_cuda_kernels");
             generated_rust(Some((&nvcc, &version)), &modules)
         }
         Err(why) => {
             println!(
                 "cargo:warning=labelwise: CUDA kernels NOT built ({why}); the CUDA backend will \
-                 return Error::BuiltWithoutCuda. Run .ci/install-cuda.sh or set LABELWISE_NVCC."
+                 return Error::BuiltWithoutCuda. Run .ci/install-cuda.sh, then `touch build.rs` \
+                 (or set LABELWISE_NVCC) to rebuild with kernels."
             );
             generated_rust(None, &[])
         }
