@@ -903,3 +903,239 @@ fn conv_throughput_resnet18_shapes() {
     }
     println!("peak device memory: {} MiB", p.gpu.peak_bytes() >> 20);
 }
+
+// ---- Host side on a recording device (no GPU needed) ------------------------------------------
+
+mod recording {
+    //! A [`DeviceApi`] that keeps "device" memory on the host at fake addresses and records
+    //! launches without executing them: it runs every line of the backend's host code (shape
+    //! checks, launch plans, scratch buffers) and checks each launch's grid limits and that
+    //! every pointer in its parameters lies in a live allocation.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use labelwise::backend::cuda::device::{DevPtr, DeviceApi, LaunchDims};
+    use labelwise::backend::cuda::kernels::{Kernel, ModuleImage};
+    use labelwise::{Error, Result};
+
+    /// Fake addresses live in [BASE, BASE + 2^40): no i32/f32 pair packs into that range by
+    /// accident, so any 8-byte word of a parameter struct in it is a pointer.
+    const BASE: u64 = 0x7a00_0000_0000;
+
+    #[derive(Default)]
+    pub struct RecordingDevice {
+        memory: Mutex<BTreeMap<DevPtr, Vec<u8>>>,
+        next: Mutex<u64>,
+        pub launches: Mutex<Vec<&'static str>>,
+    }
+
+    impl RecordingDevice {
+        /// Runs `f` on the allocation holding `[ptr, ptr + len)`.
+        fn with<T>(&self, ptr: DevPtr, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Result<T> {
+            let mut memory = self.memory.lock().unwrap();
+            let (base, bytes) = memory
+                .range_mut(..=ptr)
+                .next_back()
+                .ok_or_else(|| Error::Cuda(format!("{ptr:#x}: not allocated")))?;
+            let start = (ptr - base) as usize;
+            if start + len > bytes.len() {
+                return Err(Error::Cuda(format!(
+                    "{ptr:#x}+{len}: outside allocation {base:#x}"
+                )));
+            }
+            Ok(f(&mut bytes[start..start + len]))
+        }
+    }
+
+    impl DeviceApi for RecordingDevice {
+        fn describe(&self) -> String {
+            "recording device".into()
+        }
+
+        fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+            let mut next = self.next.lock().unwrap();
+            let ptr = BASE + *next;
+            *next += (bytes as u64).div_ceil(4096) * 4096 + 4096; // a gap between buffers
+            self.memory.lock().unwrap().insert(ptr, vec![0; bytes]);
+            Ok(ptr)
+        }
+
+        fn free(&self, ptr: DevPtr) -> Result<()> {
+            let freed = self.memory.lock().unwrap().remove(&ptr);
+            freed
+                .map(drop)
+                .ok_or_else(|| Error::Cuda(format!("free {ptr:#x}: not allocated")))
+        }
+
+        fn copy_h2d(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+            self.with(dst, src.len(), |d| d.copy_from_slice(src))
+        }
+
+        fn copy_d2h(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+            self.with(src, dst.len(), |s| dst.copy_from_slice(s))
+        }
+
+        fn fill_u32(&self, dst: DevPtr, value: u32, count: usize) -> Result<()> {
+            self.with(dst, count * 4, |d| {
+                d.chunks_exact_mut(4)
+                    .for_each(|w| w.copy_from_slice(&value.to_ne_bytes()))
+            })
+        }
+
+        fn load_module(&self, _module: &ModuleImage) -> Result<()> {
+            Ok(())
+        }
+
+        fn load_kernel(&self, _kernel: &Kernel) -> Result<()> {
+            Ok(())
+        }
+
+        unsafe fn launch(&self, kernel: &Kernel, dims: LaunchDims, params: &[u8]) -> Result<()> {
+            let fail = |why: String| Err(Error::Cuda(format!("{}: {why}", kernel.name)));
+            if params.len() != kernel.param_bytes {
+                return fail(format!("{} parameter bytes", params.len()));
+            }
+            let [gx, gy, gz] = dims.grid;
+            let threads: u32 = dims.block.iter().product();
+            if gx == 0 || gy == 0 || gz == 0 || gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
+                return fail(format!("grid {:?}", dims.grid));
+            }
+            if threads == 0 || threads > 1024 || dims.block[2] > 64 {
+                return fail(format!("block {:?}", dims.block));
+            }
+            for word in params.chunks_exact(8) {
+                let value = u64::from_ne_bytes(word.try_into().unwrap());
+                if (BASE..BASE + (1 << 40)).contains(&value) {
+                    self.with(value, 0, |_| ())
+                        .or_else(|e| fail(e.to_string()))?;
+                }
+            }
+            self.launches.lock().unwrap().push(kernel.name);
+            Ok(())
+        }
+
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn host_side_of_every_op_runs_on_a_recording_device() {
+    if !kernels::BUILT_WITH_NVCC {
+        eprintln!("SKIPPED host_side_of_every_op_runs_on_a_recording_device: built without nvcc");
+        return;
+    }
+    let device = Arc::new(recording::RecordingDevice::default());
+    let gpu = CudaBackend::with_device(device.clone()).unwrap();
+    gpu.set_poison(true);
+    let t = |shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        gpu.from_host(
+            &(0..n).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>(),
+            shape,
+        )
+        .unwrap()
+    };
+
+    // Elementwise, reductions and the optimiser.
+    let (a, b) = (t(&[3, 5, 7]), t(&[3, 5, 7]));
+    gpu.add(&a, &b).unwrap();
+    gpu.scale(&a, 2.0).unwrap();
+    gpu.relu_bwd(&b, &gpu.relu_fwd(&a).unwrap()).unwrap();
+    let mut m = t(&[3, 5, 7]);
+    gpu.add_assign(&mut m, &b).unwrap();
+    gpu.lerp_assign(&mut m, &b, 1.0, 0.1).unwrap();
+    assert_eq!(gpu.non_finite_count(&a).unwrap(), 0);
+    gpu.channel_sum(&t(&[200_000, 3])).unwrap();
+    let (mut w, g, mut m1, mut v1) = (t(&[101]), t(&[101]), t(&[101]), t(&[101]));
+    gpu.adam_update(
+        &mut w,
+        &g,
+        &mut m1,
+        &mut v1,
+        AdamParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: true,
+            step: 1,
+        },
+    )
+    .unwrap();
+
+    // Convolutions (one with split backward-filter sums), batch norm, pooling.
+    for (x_shape, w_shape, stride, padding) in [
+        ([2, 32, 32, 3], [64, 7, 7, 3], 2, 3),
+        ([8, 28, 28, 16], [24, 3, 3, 16], 1, 1),
+        ([1, 7, 7, 512], [512, 3, 3, 512], 1, 1),
+    ] {
+        let cp = Conv2dParams { stride, padding };
+        let (x, wt, bias) = (t(&x_shape), t(&w_shape), t(&[w_shape[0]]));
+        let y = gpu.conv2d_fwd(&x, &wt, Some(&bias), cp).unwrap();
+        gpu.conv2d_bwd_data(&y, &wt, &x_shape, cp).unwrap();
+        gpu.conv2d_bwd_filter(&x, &y, &w_shape, cp).unwrap();
+    }
+    let bn = BatchNormParams { eps: 1e-5 };
+    let (x, gamma, beta) = (t(&[8, 32, 32, 64]), t(&[64]), t(&[64]));
+    let out = gpu.batch_norm_fwd_train(&x, &gamma, &beta, bn).unwrap();
+    gpu.batch_norm_fwd_eval(&x, &gamma, &beta, &out.mean, &out.var, bn)
+        .unwrap();
+    gpu.batch_norm_bwd(&out.y, &x, &gamma, &out.mean, &out.var, bn)
+        .unwrap();
+    let pp = PoolParams {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    let y = gpu.max_pool_fwd(&x, pp).unwrap();
+    gpu.max_pool_bwd(&y, &x, &y, pp).unwrap();
+    let pooled = gpu.avg_pool_global_fwd(&x).unwrap();
+    gpu.avg_pool_global_bwd(&pooled, x.shape()).unwrap();
+
+    // Head, losses, scoring.
+    for multilabel in [false, true] {
+        let cf = CosFaceParams {
+            margin: 0.35,
+            scale: 30.0,
+            multilabel,
+        };
+        let (emb, weight, targets) = (t(&[130, 512]), t(&[10, 512]), t(&[130, 10]));
+        let logits = gpu.cosface_fwd(&emb, &weight, Some(&targets), cf).unwrap();
+        gpu.cosface_fwd(&emb, &weight, None, cf).unwrap();
+        gpu.cosface_bwd(&logits, &emb, &weight, cf).unwrap();
+        gpu.softmax_xent_fwd(&logits, &targets)
+            .unwrap()
+            .scalar()
+            .unwrap();
+        gpu.softmax_xent_bwd(&logits, &targets, 1.0).unwrap();
+        gpu.sigmoid_xent_fwd(&logits, &targets)
+            .unwrap()
+            .scalar()
+            .unwrap();
+        gpu.sigmoid_xent_bwd(&logits, &targets, 1.0).unwrap();
+        gpu.probabilities(&logits, multilabel).unwrap();
+        let sp = ScoreParams {
+            uncertainty: Uncertainty::Margin,
+            aggregate: Aggregate::Max,
+            multilabel,
+        };
+        let scores = gpu.score_pool(&logits, sp).unwrap();
+        assert_eq!(gpu.top_k(&scores, 17).unwrap().len(), 17);
+        assert_eq!(gpu.top_k(&scores, 1000).unwrap().len(), 130);
+    }
+
+    // Every kernel the Rust side lists is reachable from some trait method.
+    let launched = device.launches.lock().unwrap().clone();
+    for kernel in kernels::ALL {
+        assert!(
+            launched.contains(&kernel.name),
+            "{} is never launched",
+            kernel.name
+        );
+    }
+    assert!(gpu.peak_bytes() > 0);
+}
