@@ -1,21 +1,60 @@
-//! The CUDA backend: our own kernels from `kernels/*.cu`, launched through cudarc.
+//! The CUDA backend: our own kernels from `kernels/*.cu`, launched through a small device
+//! interface ([`device::DeviceApi`]) implemented on the CUDA driver with cudarc.
+//!
+//! Layout of this folder:
+//! - `kernels.rs`: every kernel name (spelled once) and the embedded PTX / fatbin images;
+//! - `params.rs`: the `#[repr(C)]` parameter structs mirrored in the `.cu` files;
+//! - `device.rs`: [`device::DeviceApi`] and its cudarc implementation;
+//! - `memory.rs`: the caching allocator and peak tracking;
+//! - `ops.rs`: `impl Backend for CudaBackend`, one launcher per trait method.
+//!
+//! # Limitations
+//! - f32 only; every tensor must have fewer than 2^31 elements (kernels index with `i32`).
+//! - One device, one stream: launches are asynchronous but ordered; host reads synchronise.
 
-#![allow(unused_variables)]
+pub mod device;
+pub mod kernels;
+pub mod memory;
+pub mod params;
 
-use std::sync::Arc;
+mod ops;
 
-use crate::backend::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use self::device::{CudarcDevice, DevPtr, DeviceApi};
+use self::memory::{Allocator, DeviceBuffer, MemoryStats};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
 
-/// Device memory of one tensor, with the backend that owns it.
+/// Whether build.rs compiled the kernels into this binary.
+pub const KERNELS_BUILT: bool = kernels::BUILT_WITH_NVCC;
+
+/// Device memory of one tensor, with the backend that owns it. Dropping it returns the buffer
+/// to the backend's cache.
 pub struct CudaStorage {
+    buffer: DeviceBuffer,
+    len: usize,
     backend: Arc<CudaBackend>,
 }
 
 impl CudaStorage {
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// The device address of the first element.
+    pub fn ptr(&self) -> DevPtr {
+        self.buffer.ptr()
+    }
+
+    /// Number of f32 elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -25,201 +64,102 @@ pub fn kernel_build_summary() -> String {
 }
 
 /// The CUDA backend on one device.
-pub struct CudaBackend {}
-
-impl CudaBackend {
-    /// Opens device `ordinal`, or says why it cannot.
-    pub fn open(ordinal: usize) -> Result<Arc<CudaBackend>> {
-        Err(Error::BuiltWithoutCuda)
-    }
+pub struct CudaBackend {
+    device: Arc<dyn DeviceApi>,
+    memory: Arc<Allocator>,
+    /// Fill every new buffer with NaN before use, so a kernel that leaves elements unwritten
+    /// shows it (the test harness turns this on).
+    poison: AtomicBool,
+    this: Weak<CudaBackend>,
 }
 
-impl Backend for CudaBackend {
-    fn name(&self) -> &'static str {
-        "cuda"
+impl CudaBackend {
+    /// Opens GPU `ordinal`, or says why it cannot: [`Error::BuiltWithoutCuda`] when build.rs
+    /// found no nvcc, [`Error::Cuda`] when there is no driver or no such device. Never panics.
+    pub fn open(ordinal: usize) -> Result<Arc<CudaBackend>> {
+        if !KERNELS_BUILT {
+            return Err(Error::BuiltWithoutCuda);
+        }
+        let device = CudarcDevice::open(ordinal)?;
+        log::info!("cuda: {}", device.describe());
+        CudaBackend::with_device(Arc::new(device))
     }
 
-    fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "from_host not implemented yet")))
+    /// The backend on any [`DeviceApi`] implementation (a GPU, or the PTX interpreter), with
+    /// every kernel module loaded.
+    pub fn with_device(device: Arc<dyn DeviceApi>) -> Result<Arc<CudaBackend>> {
+        if !KERNELS_BUILT {
+            return Err(Error::BuiltWithoutCuda);
+        }
+        for module in kernels::MODULES {
+            device.load_module(module)?;
+        }
+        let memory = Allocator::new(device.clone());
+        Ok(Arc::new_cyclic(|this| CudaBackend {
+            device,
+            memory,
+            poison: AtomicBool::new(false),
+            this: this.clone(),
+        }))
     }
 
-    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
-        Err(Error::Unsupported(format!("cuda: {}", "to_host not implemented yet")))
+    /// The device this backend launches on.
+    pub fn device(&self) -> &Arc<dyn DeviceApi> {
+        &self.device
     }
 
-    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "zeros not implemented yet")))
+    /// The most device memory held at once (in use plus cached), in bytes.
+    pub fn peak_bytes(&self) -> usize {
+        self.memory.stats().peak_reserved
     }
 
-    fn non_finite_count(&self, x: &Tensor) -> Result<usize> {
-        Err(Error::Unsupported(format!("cuda: {}", "non_finite_count not implemented yet")))
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.memory.stats()
     }
 
-    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "add not implemented yet")))
+    /// Returns cached buffers to the driver.
+    pub fn release_cached(&self) -> Result<()> {
+        self.memory.release_cached()
     }
 
-    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        Err(Error::Unsupported(format!("cuda: {}", "add_assign not implemented yet")))
+    /// When on, every buffer handed out is first filled with NaN (for tests).
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
     }
 
-    fn scale(&self, x: &Tensor, alpha: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "scale not implemented yet")))
+    /// Waits for every launch so far.
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize()
     }
 
-    fn lerp_assign(&self, a: &mut Tensor, b: &Tensor, alpha: f32, weight: f32) -> Result<()> {
-        Err(Error::Unsupported(format!("cuda: {}", "lerp_assign not implemented yet")))
+    fn arc(&self) -> Arc<CudaBackend> {
+        self.this
+            .upgrade()
+            .expect("a CudaBackend is always owned by an Arc")
     }
 
-    fn relu_fwd(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "relu_fwd not implemented yet")))
+    /// A scratch buffer of `bytes` bytes (NaN-filled when poisoning).
+    fn scratch(&self, bytes: usize) -> Result<DeviceBuffer> {
+        let buffer = self.memory.alloc(bytes)?;
+        if self.poison.load(Ordering::Relaxed) {
+            self.device
+                .fill_u32(buffer.ptr(), f32::NAN.to_bits(), buffer.bytes() / 4)?;
+        }
+        Ok(buffer)
     }
 
-    fn relu_bwd(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "relu_bwd not implemented yet")))
-    }
-
-    fn channel_sum(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "channel_sum not implemented yet")))
-    }
-
-    fn conv2d_fwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        p: Conv2dParams,
-    ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "conv2d_fwd not implemented yet")))
-    }
-
-    fn conv2d_bwd_data(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        x_shape: &[usize],
-        p: Conv2dParams,
-    ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "conv2d_bwd_data not implemented yet")))
-    }
-
-    fn conv2d_bwd_filter(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        w_shape: &[usize],
-        p: Conv2dParams,
-    ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "conv2d_bwd_filter not implemented yet")))
-    }
-
-    fn batch_norm_fwd_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        p: BatchNormParams,
-    ) -> Result<BatchNormTrainOut> {
-        Err(Error::Unsupported(format!("cuda: {}", "batch_norm_fwd_train not implemented yet")))
-    }
-
-    fn batch_norm_fwd_eval(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        p: BatchNormParams,
-    ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "batch_norm_fwd_eval not implemented yet")))
-    }
-
-    fn batch_norm_bwd(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        gamma: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        p: BatchNormParams,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        Err(Error::Unsupported(format!("cuda: {}", "batch_norm_bwd not implemented yet")))
-    }
-
-    fn max_pool_fwd(&self, x: &Tensor, p: PoolParams) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "max_pool_fwd not implemented yet")))
-    }
-
-    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams)
-        -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "max_pool_bwd not implemented yet")))
-    }
-
-    fn avg_pool_global_fwd(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "avg_pool_global_fwd not implemented yet")))
-    }
-
-    fn avg_pool_global_bwd(&self, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "avg_pool_global_bwd not implemented yet")))
-    }
-
-    fn cosface_fwd(
-        &self,
-        emb: &Tensor,
-        weight: &Tensor,
-        targets: Option<&Tensor>,
-        p: CosFaceParams,
-    ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "cosface_fwd not implemented yet")))
-    }
-
-    fn cosface_bwd(
-        &self,
-        dlogits: &Tensor,
-        emb: &Tensor,
-        weight: &Tensor,
-        p: CosFaceParams,
-    ) -> Result<(Tensor, Tensor)> {
-        Err(Error::Unsupported(format!("cuda: {}", "cosface_bwd not implemented yet")))
-    }
-
-    fn softmax_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "softmax_xent_fwd not implemented yet")))
-    }
-
-    fn softmax_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "softmax_xent_bwd not implemented yet")))
-    }
-
-    fn sigmoid_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "sigmoid_xent_fwd not implemented yet")))
-    }
-
-    fn sigmoid_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "sigmoid_xent_bwd not implemented yet")))
-    }
-
-    fn probabilities(&self, logits: &Tensor, multilabel: bool) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "probabilities not implemented yet")))
-    }
-
-    fn adam_update(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        p: AdamParams,
-    ) -> Result<()> {
-        Err(Error::Unsupported(format!("cuda: {}", "adam_update not implemented yet")))
-    }
-
-    fn score_pool(&self, logits: &Tensor, p: ScoreParams) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "score_pool not implemented yet")))
-    }
-
-    fn top_k(&self, scores: &Tensor, k: usize) -> Result<Vec<usize>> {
-        Err(Error::Unsupported(format!("cuda: {}", "top_k not implemented yet")))
+    /// An uninitialised (or NaN-poisoned) f32 tensor.
+    fn empty(&self, shape: &[usize]) -> Result<crate::tensor::Tensor> {
+        let len: usize = shape.iter().product();
+        let buffer = self.scratch(len * 4)?;
+        let storage = CudaStorage {
+            buffer,
+            len,
+            backend: self.arc(),
+        };
+        Ok(crate::tensor::Tensor::new(
+            crate::tensor::Storage::Cuda(storage),
+            shape,
+        ))
     }
 }
