@@ -60,7 +60,15 @@ impl CudaStorage {
 
 /// One line on how this binary's CUDA kernels were built, for start-up tables.
 pub fn kernel_build_summary() -> String {
-    "not built (nvcc was not found at build time)".to_string()
+    match KERNELS_BUILT {
+        true => format!(
+            "{} kernels in {} modules, {}",
+            kernels::ALL.len(),
+            kernels::PTX_MODULES.len(),
+            kernels::NVCC_VERSION
+        ),
+        false => "not built (nvcc was not found at build time)".to_string(),
+    }
 }
 
 /// The CUDA backend on one device.
