@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::float::Float;
-use super::matmul::{matmul, Layout};
+use super::matmul::{matmul, matmul_serial, Layout};
 use super::{cpu_tensor, dims};
 use crate::backend::Conv2dParams;
 use crate::error::{Error, Result};
@@ -150,36 +150,39 @@ fn im2col<T: Float>(g: &ConvGeometry, x: &[T], col: &mut [T]) {
         });
 }
 
-/// `dx` for the chunk's images from `dcol [images * Ho * Wo, k*k*Ci]`: each input pixel
-/// gathers from the patches that read it, so threads write disjoint rows and need no atomics.
+/// `dx` for the chunk's images from `dcol [images * Ho * Wo, k*k*Ci]`, the transpose of
+/// [`im2col`]. One task per input row `(n, ih)`: it gathers the kernel rows `kh` that read it,
+/// and within each patch the taps that land on this row are adjacent pixels, so each patch adds
+/// one contiguous slice into the row. Tasks write disjoint rows and need no atomics.
 fn col2im<T: Float>(g: &ConvGeometry, dcol: &[T], dx: &mut [T]) {
-    let (ci, k) = (g.ci, g.k);
+    let (ci, kc) = (g.ci, g.k * g.ci);
     let row_len = g.patch_len();
-    let (s, p) = (g.stride as isize, g.padding as isize);
 
     dx.par_chunks_mut(g.w * ci)
         .enumerate()
         .for_each(|(r, dx_row)| {
-            let (n, ih) = (r / g.h, (r % g.h) as isize);
+            let (n, ih) = (r / g.h, r % g.h);
             dx_row.fill(T::ZERO);
-            for kh in 0..k {
-                let t = ih + p - kh as isize;
-                if t < 0 || t % s != 0 || (t / s) as usize >= g.ho {
+            for kh in 0..g.k {
+                // Output row oh reads this input row through kernel row kh iff oh*s + kh - p = ih.
+                let Some(t) = (ih + g.padding).checked_sub(kh) else {
+                    break;
+                };
+                if t % g.stride != 0 || t / g.stride >= g.ho {
                     continue;
                 }
-                let oh = (t / s) as usize;
-                for iw in 0..g.w {
-                    let dst = &mut dx_row[iw * ci..(iw + 1) * ci];
-                    for kw in 0..k {
-                        let t = iw as isize + p - kw as isize;
-                        if t < 0 || t % s != 0 || (t / s) as usize >= g.wo {
-                            continue;
-                        }
-                        let ow = (t / s) as usize;
-                        let at = ((n * g.ho + oh) * g.wo + ow) * row_len + (kh * k + kw) * ci;
-                        for (d, &v) in dst.iter_mut().zip(&dcol[at..at + ci]) {
-                            *d += v;
-                        }
+                let oh = t / g.stride;
+                for ow in 0..g.wo {
+                    let (kw_lo, kw_hi) = g.valid_taps(ow, g.w);
+                    if kw_lo == kw_hi {
+                        continue;
+                    }
+                    let patch = ((n * g.ho + oh) * g.wo + ow) * row_len + kh * kc;
+                    let src = &dcol[patch + kw_lo * ci..patch + kw_hi * ci];
+                    let iw0 = ow * g.stride + kw_lo - g.padding;
+                    let dst = &mut dx_row[iw0 * ci..(iw0 + kw_hi - kw_lo) * ci];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d += v;
                     }
                 }
             }
