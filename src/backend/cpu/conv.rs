@@ -307,19 +307,72 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
             &col
         };
         // dw [Co, K] += dyᵀ [Co, rows] · col [rows, K], summing the chunks.
-        matmul(
-            &mut dw,
-            dy_chunk,
-            Layout::Transposed,
-            b,
-            Layout::Plain,
-            g.co,
-            kl,
-            rows,
-            i > 0,
-        )?;
+        filter_product(&mut dw, dy_chunk, b, g.co, kl, rows, i > 0)?;
     }
     Ok(dw)
+}
+
+/// Rows per partial filter gradient when the reduction is split (see [`filter_product`]).
+const FILTER_SPLIT_ROWS: usize = 512;
+
+/// `dw [co, kl] (+)= dyᵀ · col` over `rows` rows. In the early layers `dw` is small (64 x 147
+/// in the stem) and the reduction long (8192 rows), which gives `gemm` too little output to
+/// share between threads; there the rows are split into blocks whose partial products run on
+/// separate threads and are summed in block order (so the result does not depend on the
+/// thread count).
+fn filter_product<T: Float>(
+    dw: &mut [T],
+    dy: &[T],
+    col: &[T],
+    co: usize,
+    kl: usize,
+    rows: usize,
+    accumulate: bool,
+) -> Result<()> {
+    let blocks = (rows / FILTER_SPLIT_ROWS).min(16);
+    if blocks < 2 || co * kl >= rows * 4 {
+        return matmul(
+            dw,
+            dy,
+            Layout::Transposed,
+            col,
+            Layout::Plain,
+            co,
+            kl,
+            rows,
+            accumulate,
+        );
+    }
+    let block_rows = rows.div_ceil(blocks);
+    let partials: Vec<Vec<T>> = dy
+        .par_chunks(block_rows * co)
+        .zip(col.par_chunks(block_rows * kl))
+        .map(|(dy, col)| {
+            let mut part = vec![T::ZERO; co * kl];
+            let r = dy.len() / co;
+            matmul_serial(
+                &mut part,
+                dy,
+                Layout::Transposed,
+                col,
+                Layout::Plain,
+                co,
+                kl,
+                r,
+                false,
+            )
+            .map(|()| part)
+        })
+        .collect::<Result<_>>()?;
+    if !accumulate {
+        dw.fill(T::ZERO);
+    }
+    for part in &partials {
+        for (d, &v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    Ok(())
 }
 
 impl ConvGeometry {
