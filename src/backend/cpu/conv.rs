@@ -115,6 +115,61 @@ impl ConvGeometry {
         let hi = (len + self.padding).saturating_sub(start).min(self.k);
         (lo, hi.max(lo))
     }
+
+    /// When some kernel rows and columns only ever meet padding (a 3x3 kernel with padding 1
+    /// on ResNet18's 1x1 last stage reads nothing but its centre), the same convolution with
+    /// the kernel cropped to the taps that can read input: `(first live tap, geometry)`, with
+    /// the output size kept. Only square crops are taken, which square inputs always give.
+    fn cropped(&self) -> Option<(usize, ConvGeometry)> {
+        // The first window reaches furthest right, the last furthest left.
+        let (_, hi_h) = self.valid_taps(0, self.h);
+        let (lo_h, _) = self.valid_taps(self.ho - 1, self.h);
+        let (_, hi_w) = self.valid_taps(0, self.w);
+        let (lo_w, _) = self.valid_taps(self.wo - 1, self.w);
+        if (lo_h, hi_h) != (lo_w, hi_w) || hi_h <= lo_h || hi_h - lo_h == self.k {
+            return None;
+        }
+        let k = hi_h - lo_h;
+        Some((
+            lo_h,
+            ConvGeometry {
+                k,
+                padding: self.padding - lo_h,
+                ..*self
+            },
+        ))
+    }
+}
+
+/// `w [Co, k, k, Ci]` restricted to taps `lo..lo + k'` in both directions.
+fn crop_weight<T: Float>(g: &ConvGeometry, w: &[T], lo: usize, cropped_k: usize) -> Vec<T> {
+    let ci = g.ci;
+    let mut out = Vec::with_capacity(g.co * cropped_k * cropped_k * ci);
+    for filter in w.chunks_exact(g.patch_len()) {
+        for kh in lo..lo + cropped_k {
+            let row = (kh * g.k + lo) * ci;
+            out.extend_from_slice(&filter[row..row + cropped_k * ci]);
+        }
+    }
+    out
+}
+
+/// The inverse of [`crop_weight`] for gradients: zeros at the dead taps.
+fn uncrop_weight<T: Float>(g: &ConvGeometry, dw: &[T], lo: usize, cropped_k: usize) -> Vec<T> {
+    let ci = g.ci;
+    let mut out = vec![T::ZERO; g.co * g.patch_len()];
+    let cropped_len = cropped_k * cropped_k * ci;
+    for (full, part) in out
+        .chunks_exact_mut(g.patch_len())
+        .zip(dw.chunks_exact(cropped_len))
+    {
+        for (i, kh) in (lo..lo + cropped_k).enumerate() {
+            let row = (kh * g.k + lo) * ci;
+            full[row..row + cropped_k * ci]
+                .copy_from_slice(&part[i * cropped_k * ci..(i + 1) * cropped_k * ci]);
+        }
+    }
+    out
 }
 
 /// Fills `col [images * Ho * Wo, k*k*Ci]` with the patches of `x` (the chunk's images).
@@ -196,6 +251,9 @@ pub(crate) fn conv2d_fwd_kernel<T: Float>(
     w: &[T],
     bias: Option<&[T]>,
 ) -> Result<Vec<T>> {
+    if let Some((lo, cropped)) = g.cropped() {
+        return conv2d_fwd_kernel(&cropped, x, &crop_weight(g, w, lo, cropped.k), bias);
+    }
     let kl = g.patch_len();
     let mut y = vec![T::ZERO; g.n * g.out_pixels() * g.co];
     let chunk = g.images_per_chunk();
@@ -240,6 +298,9 @@ pub(crate) fn conv2d_bwd_data_kernel<T: Float>(
     dy: &[T],
     w: &[T],
 ) -> Result<Vec<T>> {
+    if let Some((lo, cropped)) = g.cropped() {
+        return conv2d_bwd_data_kernel(&cropped, dy, &crop_weight(g, w, lo, cropped.k));
+    }
     let kl = g.patch_len();
     let image_len = g.h * g.w * g.ci;
     let mut dx = vec![T::ZERO; g.n * image_len];
@@ -289,6 +350,10 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
     x: &[T],
     dy: &[T],
 ) -> Result<Vec<T>> {
+    if let Some((lo, cropped)) = g.cropped() {
+        let dw = conv2d_bwd_filter_kernel(&cropped, x, dy)?;
+        return Ok(uncrop_weight(g, &dw, lo, cropped.k));
+    }
     let kl = g.patch_len();
     let mut dw = vec![T::ZERO; g.co * kl];
     let chunk = g.images_per_chunk();
@@ -456,7 +521,7 @@ mod tests {
 
     /// Odd sizes, every kernel/stride/padding mix
     /// ResNet18 uses plus padding wider than it needs.
-    const CASES: [Case; 8] = [
+    const CASES: [Case; 12] = [
         (1, 5, 7, 3, 5, 3, 1, 1),
         (3, 5, 7, 3, 4, 3, 2, 0),
         (3, 7, 5, 5, 7, 7, 2, 3),
@@ -465,6 +530,12 @@ mod tests {
         (3, 6, 6, 3, 5, 3, 2, 1),
         (1, 9, 9, 2, 3, 7, 1, 3),
         (3, 4, 5, 3, 2, 3, 3, 3),
+        // Kernels cropped to their live taps: to a pointwise 1x1, to 3x3, to 5x5 at stride 2,
+        // and a non-square input whose live rows and columns differ (no crop).
+        (3, 1, 1, 5, 4, 3, 1, 1),
+        (2, 2, 2, 3, 4, 7, 1, 3),
+        (3, 3, 3, 2, 3, 7, 2, 3),
+        (1, 1, 5, 3, 2, 3, 1, 1),
     ];
 
     fn geometry(case: Case) -> ConvGeometry {
@@ -567,6 +638,16 @@ mod tests {
         for (i, &case) in CASES.iter().enumerate() {
             check_against_direct(i, &geometry(case));
         }
+    }
+
+    #[test]
+    fn crops_kernels_to_live_taps() {
+        let crop = |case| geometry(case).cropped().map(|(lo, g)| (lo, g.k, g.padding));
+        assert_eq!(crop(CASES[8]), Some((1, 1, 0)));
+        assert_eq!(crop(CASES[9]), Some((2, 3, 1)));
+        assert_eq!(crop(CASES[10]), Some((1, 5, 2)));
+        assert_eq!(crop(CASES[11]), None);
+        assert_eq!(crop(CASES[0]), None);
     }
 
     #[test]
