@@ -257,7 +257,7 @@ pub(crate) fn conv2d_fwd_kernel<T: Float>(
     let kl = g.patch_len();
     let mut y = vec![T::ZERO; g.n * g.out_pixels() * g.co];
     let chunk = g.images_per_chunk();
-    let mut col = Vec::new();
+    let mut col = T::take_scratch();
 
     for n0 in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - n0);
@@ -289,6 +289,7 @@ pub(crate) fn conv2d_fwd_kernel<T: Float>(
             bias.is_some(),
         )?;
     }
+    T::keep_scratch(col);
     Ok(y)
 }
 
@@ -305,7 +306,7 @@ pub(crate) fn conv2d_bwd_data_kernel<T: Float>(
     let image_len = g.h * g.w * g.ci;
     let mut dx = vec![T::ZERO; g.n * image_len];
     let chunk = g.images_per_chunk();
-    let mut dcol = Vec::new();
+    let mut dcol = T::take_scratch();
 
     for n0 in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - n0);
@@ -341,6 +342,7 @@ pub(crate) fn conv2d_bwd_data_kernel<T: Float>(
             col2im(&g.with_images(images), &dcol, dx_chunk);
         }
     }
+    T::keep_scratch(dcol);
     Ok(dx)
 }
 
@@ -357,7 +359,7 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
     let kl = g.patch_len();
     let mut dw = vec![T::ZERO; g.co * kl];
     let chunk = g.images_per_chunk();
-    let mut col = Vec::new();
+    let mut col = T::take_scratch();
 
     for (i, n0) in (0..g.n).step_by(chunk).enumerate() {
         let images = chunk.min(g.n - n0);
@@ -374,6 +376,7 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
         // dw [Co, K] += dyᵀ [Co, rows] · col [rows, K], summing the chunks.
         filter_product(&mut dw, dy_chunk, b, g.co, kl, rows, i > 0)?;
     }
+    T::keep_scratch(col);
     Ok(dw)
 }
 
