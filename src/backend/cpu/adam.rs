@@ -9,7 +9,13 @@ use crate::tensor::Tensor;
 
 /// One Adam step over `param`, `grad`, `m`, `v` in place, as PyTorch's `Adam`/`AdamW`
 /// (non-amsgrad): `denom = sqrt(v) / sqrt(1 - β2^t) + eps`, `p -= lr / (1 - β1^t) * m / denom`.
-pub(crate) fn adam_kernel(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], p: AdamParams) {
+pub(crate) fn adam_kernel(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    p: AdamParams,
+) {
     // Bias corrections in f64, as PyTorch computes them in Python floats: `1 - β^t` subtracts
     // nearly equal numbers at small t, where f32 would keep only a few digits.
     let t = f64::from(p.step);
@@ -50,7 +56,9 @@ pub(super) fn adam_update(
 ) -> Result<()> {
     const OP: &str = "adam_update";
     if p.step == 0 {
-        return Err(Error::InvalidArgument(format!("{OP}: step counts from 1, got 0")));
+        return Err(Error::InvalidArgument(format!(
+            "{OP}: step counts from 1, got 0"
+        )));
     }
     for (name, t) in [("grad", grad), ("m", &*m), ("v", &*v)] {
         if t.shape() != param.shape() {
@@ -76,7 +84,15 @@ mod tests {
     use crate::backend::Backend;
 
     fn params(decoupled: bool, weight_decay: f32, step: u32) -> AdamParams {
-        AdamParams { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decoupled, step }
+        AdamParams {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            decoupled,
+            step,
+        }
     }
 
     /// Runs steps 1 and 2 on `p = [1, -2]` with gradients `g1` then `g2`.
@@ -87,11 +103,23 @@ mod tests {
         let g1 = tensor(&[0.5, -0.25], &[2]);
         let g2 = tensor(&[-1.0, 0.5], &[2]);
         let b = CpuBackend;
-        b.adam_update(&mut param, &g1, &mut m, &mut v, params(decoupled, weight_decay, 1))
-            .expect("step 1");
+        b.adam_update(
+            &mut param,
+            &g1,
+            &mut m,
+            &mut v,
+            params(decoupled, weight_decay, 1),
+        )
+        .expect("step 1");
         let after1 = values(&param);
-        b.adam_update(&mut param, &g2, &mut m, &mut v, params(decoupled, weight_decay, 2))
-            .expect("step 2");
+        b.adam_update(
+            &mut param,
+            &g2,
+            &mut m,
+            &mut v,
+            params(decoupled, weight_decay, 2),
+        )
+        .expect("step 2");
         (after1, values(&param))
     }
 
@@ -129,7 +157,10 @@ mod tests {
         for (decoupled, wd) in [(false, 0.0), (false, 0.1), (true, 0.1)] {
             let (after1, after2) = two_steps(decoupled, wd);
             let wd = f64::from(wd);
-            let want1 = [by_hand(1.0, &[0.5], wd, decoupled), by_hand(-2.0, &[-0.25], wd, decoupled)];
+            let want1 = [
+                by_hand(1.0, &[0.5], wd, decoupled),
+                by_hand(-2.0, &[-0.25], wd, decoupled),
+            ];
             let want2 = [
                 by_hand(1.0, &[0.5, -1.0], wd, decoupled),
                 by_hand(-2.0, &[-0.25, 0.5], wd, decoupled),

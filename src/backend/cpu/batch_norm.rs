@@ -53,13 +53,15 @@ fn affine<T: Float>(x: &[T], center: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
     let c = scale.len();
     let mut y = vec![T::ZERO; x.len()];
     let block = (PAR_CHUNK / c).max(1) * c;
-    y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(y, x)| {
-        for (y_row, x_row) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for j in 0..c {
-                y_row[j] = (x_row[j] - center[j]) * scale[j] + shift[j];
+    y.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .for_each(|(y, x)| {
+            for (y_row, x_row) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for j in 0..c {
+                    y_row[j] = (x_row[j] - center[j]) * scale[j] + shift[j];
+                }
             }
-        }
-    });
+        });
     y
 }
 
@@ -75,8 +77,10 @@ pub(crate) fn batch_norm_train_kernel<T: Float>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let c = gamma.len();
     let m = (x.len() / c) as f64;
-    let mean: Vec<f64> =
-        channel_reduce(x, x, c, |_, v, _| [v.to_f64()]).iter().map(|s| s[0] / m).collect();
+    let mean: Vec<f64> = channel_reduce(x, x, c, |_, v, _| [v.to_f64()])
+        .iter()
+        .map(|s| s[0] / m)
+        .collect();
     let var: Vec<f64> = channel_reduce(x, x, c, |j, v, _| {
         let d = v.to_f64() - mean[j];
         [d * d]
@@ -100,8 +104,11 @@ fn normalise<T: Float>(
     eps: f64,
 ) -> Vec<T> {
     let center: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
-    let scale: Vec<T> =
-        gamma.iter().zip(var).map(|(g, v)| T::from_f64(g.to_f64() / (v + eps).sqrt())).collect();
+    let scale: Vec<T> = gamma
+        .iter()
+        .zip(var)
+        .map(|(g, v)| T::from_f64(g.to_f64() / (v + eps).sqrt()))
+        .collect();
     affine(x, &center, &scale, beta)
 }
 
@@ -135,7 +142,10 @@ pub(crate) fn batch_norm_bwd_kernel<T: Float>(
     let c = gamma.len();
     let m = (x.len() / c) as f64;
     let mean: Vec<f64> = mean.iter().map(|v| v.to_f64()).collect();
-    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v.to_f64() + eps).sqrt()).collect();
+    let inv_std: Vec<f64> = var
+        .iter()
+        .map(|v| 1.0 / (v.to_f64() + eps).sqrt())
+        .collect();
     let sums = channel_reduce(dy, x, c, |j, dy, x| {
         let dy = dy.to_f64();
         [dy, dy * (x.to_f64() - mean[j])]
@@ -156,17 +166,19 @@ pub(crate) fn batch_norm_bwd_kernel<T: Float>(
     let center: Vec<T> = mean.iter().map(|&v| T::from_f64(v)).collect();
     let block = (PAR_CHUNK / c).max(1) * c;
     let mut dx = vec![T::ZERO; x.len()];
-    dx.par_chunks_mut(block).zip(dy.par_chunks(block).zip(x.par_chunks(block))).for_each(
-        |(dx, (dy, x))| {
-            for ((dx_row, dy_row), x_row) in
-                dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c))
+    dx.par_chunks_mut(block)
+        .zip(dy.par_chunks(block).zip(x.par_chunks(block)))
+        .for_each(|(dx, (dy, x))| {
+            for ((dx_row, dy_row), x_row) in dx
+                .chunks_exact_mut(c)
+                .zip(dy.chunks_exact(c))
+                .zip(x.chunks_exact(c))
             {
                 for j in 0..c {
                     dx_row[j] = a[j] * dy_row[j] + b[j] * (x_row[j] - center[j]) + d[j];
                 }
             }
-        },
-    );
+        });
     let to_t = |v: &[f64]| v.iter().map(|&v| T::from_f64(v)).collect();
     (dx, to_t(&dgamma), to_t(&dbeta))
 }
@@ -174,12 +186,15 @@ pub(crate) fn batch_norm_bwd_kernel<T: Float>(
 /// The channel count of `x`, checked against each per-channel tensor in `per_channel`.
 fn channels(op: &'static str, x: &Tensor, per_channel: &[(&str, &Tensor)]) -> Result<usize> {
     let c = match x.shape().last() {
-        Some(&c) if c > 0 && x.len() > 0 => c,
+        Some(&c) if c > 0 && !x.is_empty() => c,
         _ => return Err(Error::shape(op, format!("input {:?} is empty", x.shape()))),
     };
     for (name, t) in per_channel {
         if t.shape() != [c] {
-            return Err(Error::shape(op, format!("{name} {:?}, expected [{c}]", t.shape())));
+            return Err(Error::shape(
+                op,
+                format!("{name} {:?}, expected [{c}]", t.shape()),
+            ));
         }
     }
     Ok(c)
@@ -247,7 +262,10 @@ pub(super) fn batch_norm_bwd(
     const OP: &str = "batch_norm_bwd";
     let c = channels(OP, x, &[("gamma", gamma), ("mean", mean), ("var", var)])?;
     if dy.shape() != x.shape() {
-        return Err(Error::shape(OP, format!("dy {:?} vs x {:?}", dy.shape(), x.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("dy {:?} vs x {:?}", dy.shape(), x.shape()),
+        ));
     }
     let (dx, dgamma, dbeta) = batch_norm_bwd_kernel(
         dy.cpu_slice(OP)?,
@@ -257,7 +275,11 @@ pub(super) fn batch_norm_bwd(
         var.cpu_slice(OP)?,
         f64::from(p.eps),
     );
-    Ok((cpu_tensor(dx, x.shape()), cpu_tensor(dgamma, &[c]), cpu_tensor(dbeta, &[c])))
+    Ok((
+        cpu_tensor(dx, x.shape()),
+        cpu_tensor(dgamma, &[c]),
+        cpu_tensor(dbeta, &[c]),
+    ))
 }
 
 #[cfg(test)]
@@ -271,7 +293,11 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        for (seed, shape) in [(1u64, vec![3usize, 5, 7, 5]), (2, vec![1, 5, 7, 3]), (3, vec![4, 7])] {
+        for (seed, shape) in [
+            (1u64, vec![3usize, 5, 7, 5]),
+            (2, vec![1, 5, 7, 3]),
+            (3, vec![4, 7]),
+        ] {
             let c = shape[shape.len() - 1];
             let len: usize = shape.iter().product();
             let x = random(seed, len, -2.0, 3.0);
@@ -286,8 +312,20 @@ mod tests {
             let (dx, dgamma, dbeta) = batch_norm_bwd_kernel(&r, &x, &gamma, &mean, &var, EPS);
             let what = |name| format!("{name} {shape:?}");
             check_gradient(&what("dx"), &x, &dx, |x| loss(x, &gamma, &beta), GRAD_F64);
-            check_gradient(&what("dgamma"), &gamma, &dgamma, |g| loss(&x, g, &beta), GRAD_F64);
-            check_gradient(&what("dbeta"), &beta, &dbeta, |b| loss(&x, &gamma, b), GRAD_F64);
+            check_gradient(
+                &what("dgamma"),
+                &gamma,
+                &dgamma,
+                |g| loss(&x, g, &beta),
+                GRAD_F64,
+            );
+            check_gradient(
+                &what("dbeta"),
+                &beta,
+                &dbeta,
+                |b| loss(&x, &gamma, b),
+                GRAD_F64,
+            );
         }
     }
 
@@ -298,7 +336,11 @@ mod tests {
         let (m, c) = (64 * 16 * 16, 3);
         let noise = random(7, m * c, -0.5, 0.5);
         let x: Vec<f64> = to_f64(&to_f32(
-            &noise.iter().enumerate().map(|(i, v)| 1000.0 * (i % c) as f64 + v).collect::<Vec<_>>(),
+            &noise
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 1000.0 * (i % c) as f64 + v)
+                .collect::<Vec<_>>(),
         ));
         let mut mean = vec![0.0; c];
         for (i, v) in x.iter().enumerate() {
@@ -350,7 +392,12 @@ mod tests {
             )
             .expect("batch_norm_fwd_eval");
         // Channel 0: 2 (x - 1) / 2 + 1 = x; channel 1: 0.5 (x - 2) / 0.5 - 1 = x - 3.
-        assert_close("eval", &values(&y), &[1.0, -1.0, 3.0, 1.0, -1.0, -3.0], HAND_F32);
+        assert_close(
+            "eval",
+            &values(&y),
+            &[1.0, -1.0, 3.0, 1.0, -1.0, -3.0],
+            HAND_F32,
+        );
     }
 
     #[test]

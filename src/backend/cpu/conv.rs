@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::float::Float;
-use super::matmul::{matmul, Layout};
+use super::matmul::{matmul, matmul_serial, Layout};
 use super::{cpu_tensor, dims};
 use crate::backend::Conv2dParams;
 use crate::error::{Error, Result};
@@ -42,25 +42,44 @@ impl ConvGeometry {
         if kh != kw || wci != ci || kh == 0 {
             return Err(Error::shape(
                 op,
-                format!("weight {w_shape:?} does not fit input {x_shape:?} (want [Co, k, k, {ci}])"),
+                format!(
+                    "weight {w_shape:?} does not fit input {x_shape:?} (want [Co, k, k, {ci}])"
+                ),
             ));
         }
         if p.stride == 0 {
             return Err(Error::shape(op, "stride 0"));
         }
         if h == 0 || w == 0 || ci == 0 || co == 0 {
-            return Err(Error::shape(op, format!("empty input {x_shape:?} or weight {w_shape:?}")));
+            return Err(Error::shape(
+                op,
+                format!("empty input {x_shape:?} or weight {w_shape:?}"),
+            ));
         }
         let k = kh;
         if h + 2 * p.padding < k || w + 2 * p.padding < k {
             return Err(Error::shape(
                 op,
-                format!("kernel {k} larger than padded input {h}x{w} (padding {})", p.padding),
+                format!(
+                    "kernel {k} larger than padded input {h}x{w} (padding {})",
+                    p.padding
+                ),
             ));
         }
         let ho = (h + 2 * p.padding - k) / p.stride + 1;
         let wo = (w + 2 * p.padding - k) / p.stride + 1;
-        Ok(ConvGeometry { n, h, w, ci, co, k, stride: p.stride, padding: p.padding, ho, wo })
+        Ok(ConvGeometry {
+            n,
+            h,
+            w,
+            ci,
+            co,
+            k,
+            stride: p.stride,
+            padding: p.padding,
+            ho,
+            wo,
+        })
     }
 
     /// Length of one im2col row, `k * k * Ci`, which is also one weight row.
@@ -96,6 +115,61 @@ impl ConvGeometry {
         let hi = (len + self.padding).saturating_sub(start).min(self.k);
         (lo, hi.max(lo))
     }
+
+    /// When some kernel rows and columns only ever meet padding (a 3x3 kernel with padding 1
+    /// on ResNet18's 1x1 last stage reads nothing but its centre), the same convolution with
+    /// the kernel cropped to the taps that can read input: `(first live tap, geometry)`, with
+    /// the output size kept. Only square crops are taken, which square inputs always give.
+    fn cropped(&self) -> Option<(usize, ConvGeometry)> {
+        // The first window reaches furthest right, the last furthest left.
+        let (_, hi_h) = self.valid_taps(0, self.h);
+        let (lo_h, _) = self.valid_taps(self.ho - 1, self.h);
+        let (_, hi_w) = self.valid_taps(0, self.w);
+        let (lo_w, _) = self.valid_taps(self.wo - 1, self.w);
+        if (lo_h, hi_h) != (lo_w, hi_w) || hi_h <= lo_h || hi_h - lo_h == self.k {
+            return None;
+        }
+        let k = hi_h - lo_h;
+        Some((
+            lo_h,
+            ConvGeometry {
+                k,
+                padding: self.padding - lo_h,
+                ..*self
+            },
+        ))
+    }
+}
+
+/// `w [Co, k, k, Ci]` restricted to taps `lo..lo + k'` in both directions.
+fn crop_weight<T: Float>(g: &ConvGeometry, w: &[T], lo: usize, cropped_k: usize) -> Vec<T> {
+    let ci = g.ci;
+    let mut out = Vec::with_capacity(g.co * cropped_k * cropped_k * ci);
+    for filter in w.chunks_exact(g.patch_len()) {
+        for kh in lo..lo + cropped_k {
+            let row = (kh * g.k + lo) * ci;
+            out.extend_from_slice(&filter[row..row + cropped_k * ci]);
+        }
+    }
+    out
+}
+
+/// The inverse of [`crop_weight`] for gradients: zeros at the dead taps.
+fn uncrop_weight<T: Float>(g: &ConvGeometry, dw: &[T], lo: usize, cropped_k: usize) -> Vec<T> {
+    let ci = g.ci;
+    let mut out = vec![T::ZERO; g.co * g.patch_len()];
+    let cropped_len = cropped_k * cropped_k * ci;
+    for (full, part) in out
+        .chunks_exact_mut(g.patch_len())
+        .zip(dw.chunks_exact(cropped_len))
+    {
+        for (i, kh) in (lo..lo + cropped_k).enumerate() {
+            let row = (kh * g.k + lo) * ci;
+            full[row..row + cropped_k * ci]
+                .copy_from_slice(&part[i * cropped_k * ci..(i + 1) * cropped_k * ci]);
+        }
+    }
+    out
 }
 
 /// Fills `col [images * Ho * Wo, k*k*Ci]` with the patches of `x` (the chunk's images).
@@ -105,62 +179,69 @@ fn im2col<T: Float>(g: &ConvGeometry, x: &[T], col: &mut [T]) {
     let image_len = g.h * g.w * ci;
 
     // One task per output row (n, oh): its patches are contiguous in `col`.
-    col.par_chunks_mut(g.wo * row_len).enumerate().for_each(|(r, out)| {
-        let (n, oh) = (r / g.ho, r % g.ho);
-        let image = &x[n * image_len..(n + 1) * image_len];
-        let (kh_lo, kh_hi) = g.valid_taps(oh, g.h);
-        for (ow, patch) in out.chunks_exact_mut(row_len).enumerate() {
-            let (kw_lo, kw_hi) = g.valid_taps(ow, g.w);
-            for kh in 0..k {
-                let dst = &mut patch[kh * kc..(kh + 1) * kc];
-                if kh < kh_lo || kh >= kh_hi || kw_lo == kw_hi {
-                    dst.fill(T::ZERO);
-                    continue;
-                }
-                // For a fixed input row the valid taps are adjacent pixels, one slice of x.
-                let ih = oh * g.stride + kh - g.padding;
-                let iw0 = ow * g.stride + kw_lo - g.padding;
-                let src = &image[(ih * g.w + iw0) * ci..(ih * g.w + iw0 + kw_hi - kw_lo) * ci];
-                dst[..kw_lo * ci].fill(T::ZERO);
-                dst[kw_lo * ci..kw_hi * ci].copy_from_slice(src);
-                dst[kw_hi * ci..].fill(T::ZERO);
-            }
-        }
-    });
-}
-
-/// `dx` for the chunk's images from `dcol [images * Ho * Wo, k*k*Ci]`: each input pixel
-/// gathers from the patches that read it, so threads write disjoint rows and need no atomics.
-fn col2im<T: Float>(g: &ConvGeometry, dcol: &[T], dx: &mut [T]) {
-    let (ci, k) = (g.ci, g.k);
-    let row_len = g.patch_len();
-    let (s, p) = (g.stride as isize, g.padding as isize);
-
-    dx.par_chunks_mut(g.w * ci).enumerate().for_each(|(r, dx_row)| {
-        let (n, ih) = (r / g.h, (r % g.h) as isize);
-        dx_row.fill(T::ZERO);
-        for kh in 0..k {
-            let t = ih + p - kh as isize;
-            if t < 0 || t % s != 0 || (t / s) as usize >= g.ho {
-                continue;
-            }
-            let oh = (t / s) as usize;
-            for iw in 0..g.w {
-                let dst = &mut dx_row[iw * ci..(iw + 1) * ci];
-                for kw in 0..k {
-                    let t = iw as isize + p - kw as isize;
-                    if t < 0 || t % s != 0 || (t / s) as usize >= g.wo {
+    col.par_chunks_mut(g.wo * row_len)
+        .enumerate()
+        .for_each(|(r, out)| {
+            let (n, oh) = (r / g.ho, r % g.ho);
+            let image = &x[n * image_len..(n + 1) * image_len];
+            let (kh_lo, kh_hi) = g.valid_taps(oh, g.h);
+            for (ow, patch) in out.chunks_exact_mut(row_len).enumerate() {
+                let (kw_lo, kw_hi) = g.valid_taps(ow, g.w);
+                for kh in 0..k {
+                    let dst = &mut patch[kh * kc..(kh + 1) * kc];
+                    if kh < kh_lo || kh >= kh_hi || kw_lo == kw_hi {
+                        dst.fill(T::ZERO);
                         continue;
                     }
-                    let ow = (t / s) as usize;
-                    let at = ((n * g.ho + oh) * g.wo + ow) * row_len + (kh * k + kw) * ci;
-                    for (d, &v) in dst.iter_mut().zip(&dcol[at..at + ci]) {
+                    // For a fixed input row the valid taps are adjacent pixels, one slice of x.
+                    let ih = oh * g.stride + kh - g.padding;
+                    let iw0 = ow * g.stride + kw_lo - g.padding;
+                    let src = &image[(ih * g.w + iw0) * ci..(ih * g.w + iw0 + kw_hi - kw_lo) * ci];
+                    dst[..kw_lo * ci].fill(T::ZERO);
+                    dst[kw_lo * ci..kw_hi * ci].copy_from_slice(src);
+                    dst[kw_hi * ci..].fill(T::ZERO);
+                }
+            }
+        });
+}
+
+/// `dx` for the chunk's images from `dcol [images * Ho * Wo, k*k*Ci]`, the transpose of
+/// [`im2col`]. One task per input row `(n, ih)`: it gathers the kernel rows `kh` that read it,
+/// and within each patch the taps that land on this row are adjacent pixels, so each patch adds
+/// one contiguous slice into the row. Tasks write disjoint rows and need no atomics.
+fn col2im<T: Float>(g: &ConvGeometry, dcol: &[T], dx: &mut [T]) {
+    let (ci, kc) = (g.ci, g.k * g.ci);
+    let row_len = g.patch_len();
+
+    dx.par_chunks_mut(g.w * ci)
+        .enumerate()
+        .for_each(|(r, dx_row)| {
+            let (n, ih) = (r / g.h, r % g.h);
+            dx_row.fill(T::ZERO);
+            for kh in 0..g.k {
+                // Output row oh reads this input row through kernel row kh iff oh*s + kh - p = ih.
+                let Some(t) = (ih + g.padding).checked_sub(kh) else {
+                    break;
+                };
+                if t % g.stride != 0 || t / g.stride >= g.ho {
+                    continue;
+                }
+                let oh = t / g.stride;
+                for ow in 0..g.wo {
+                    let (kw_lo, kw_hi) = g.valid_taps(ow, g.w);
+                    if kw_lo == kw_hi {
+                        continue;
+                    }
+                    let patch = ((n * g.ho + oh) * g.wo + ow) * row_len + kh * kc;
+                    let src = &dcol[patch + kw_lo * ci..patch + kw_hi * ci];
+                    let iw0 = ow * g.stride + kw_lo - g.padding;
+                    let dst = &mut dx_row[iw0 * ci..(iw0 + kw_hi - kw_lo) * ci];
+                    for (d, &v) in dst.iter_mut().zip(src) {
                         *d += v;
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 /// `y = conv(x, w) + bias`, all buffers sized by `g`.
@@ -170,17 +251,22 @@ pub(crate) fn conv2d_fwd_kernel<T: Float>(
     w: &[T],
     bias: Option<&[T]>,
 ) -> Result<Vec<T>> {
+    if let Some((lo, cropped)) = g.cropped() {
+        return conv2d_fwd_kernel(&cropped, x, &crop_weight(g, w, lo, cropped.k), bias);
+    }
     let kl = g.patch_len();
     let mut y = vec![T::ZERO; g.n * g.out_pixels() * g.co];
     let chunk = g.images_per_chunk();
-    let mut col = Vec::new();
+    let mut col = T::take_scratch();
 
     for n0 in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - n0);
         let rows = images * g.out_pixels();
         let y_chunk = &mut y[n0 * g.out_pixels() * g.co..][..rows * g.co];
         if let Some(b) = bias {
-            y_chunk.par_chunks_mut(g.co).for_each(|row| row.copy_from_slice(b));
+            y_chunk
+                .par_chunks_mut(g.co)
+                .for_each(|row| row.copy_from_slice(b));
         }
         let x_chunk = &x[n0 * g.h * g.w * g.ci..][..images * g.h * g.w * g.ci];
         let a: &[T] = if g.is_pointwise() {
@@ -191,8 +277,19 @@ pub(crate) fn conv2d_fwd_kernel<T: Float>(
             &col
         };
         // y [rows, Co] = col [rows, K] · wᵀ, with w stored [Co, K].
-        matmul(y_chunk, a, Layout::Plain, w, Layout::Transposed, rows, g.co, kl, bias.is_some())?;
+        matmul(
+            y_chunk,
+            a,
+            Layout::Plain,
+            w,
+            Layout::Transposed,
+            rows,
+            g.co,
+            kl,
+            bias.is_some(),
+        )?;
     }
+    T::keep_scratch(col);
     Ok(y)
 }
 
@@ -202,11 +299,14 @@ pub(crate) fn conv2d_bwd_data_kernel<T: Float>(
     dy: &[T],
     w: &[T],
 ) -> Result<Vec<T>> {
+    if let Some((lo, cropped)) = g.cropped() {
+        return conv2d_bwd_data_kernel(&cropped, dy, &crop_weight(g, w, lo, cropped.k));
+    }
     let kl = g.patch_len();
     let image_len = g.h * g.w * g.ci;
     let mut dx = vec![T::ZERO; g.n * image_len];
     let chunk = g.images_per_chunk();
-    let mut dcol = Vec::new();
+    let mut dcol = T::take_scratch();
 
     for n0 in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - n0);
@@ -215,13 +315,34 @@ pub(crate) fn conv2d_bwd_data_kernel<T: Float>(
         let dx_chunk = &mut dx[n0 * image_len..][..images * image_len];
         // dcol [rows, K] = dy [rows, Co] · w [Co, K]; a pointwise conv's dcol is dx itself.
         if g.is_pointwise() {
-            matmul(dx_chunk, dy_chunk, Layout::Plain, w, Layout::Plain, rows, kl, g.co, false)?;
+            matmul(
+                dx_chunk,
+                dy_chunk,
+                Layout::Plain,
+                w,
+                Layout::Plain,
+                rows,
+                kl,
+                g.co,
+                false,
+            )?;
         } else {
             dcol.resize(rows * kl, T::ZERO);
-            matmul(&mut dcol, dy_chunk, Layout::Plain, w, Layout::Plain, rows, kl, g.co, false)?;
+            matmul(
+                &mut dcol,
+                dy_chunk,
+                Layout::Plain,
+                w,
+                Layout::Plain,
+                rows,
+                kl,
+                g.co,
+                false,
+            )?;
             col2im(&g.with_images(images), &dcol, dx_chunk);
         }
     }
+    T::keep_scratch(dcol);
     Ok(dx)
 }
 
@@ -231,10 +352,14 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
     x: &[T],
     dy: &[T],
 ) -> Result<Vec<T>> {
+    if let Some((lo, cropped)) = g.cropped() {
+        let dw = conv2d_bwd_filter_kernel(&cropped, x, dy)?;
+        return Ok(uncrop_weight(g, &dw, lo, cropped.k));
+    }
     let kl = g.patch_len();
     let mut dw = vec![T::ZERO; g.co * kl];
     let chunk = g.images_per_chunk();
-    let mut col = Vec::new();
+    let mut col = T::take_scratch();
 
     for (i, n0) in (0..g.n).step_by(chunk).enumerate() {
         let images = chunk.min(g.n - n0);
@@ -249,9 +374,73 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
             &col
         };
         // dw [Co, K] += dyᵀ [Co, rows] · col [rows, K], summing the chunks.
-        matmul(&mut dw, dy_chunk, Layout::Transposed, b, Layout::Plain, g.co, kl, rows, i > 0)?;
+        filter_product(&mut dw, dy_chunk, b, g.co, kl, rows, i > 0)?;
     }
+    T::keep_scratch(col);
     Ok(dw)
+}
+
+/// Rows per partial filter gradient when the reduction is split (see [`filter_product`]).
+const FILTER_SPLIT_ROWS: usize = 512;
+
+/// `dw [co, kl] (+)= dyᵀ · col` over `rows` rows. In the early layers `dw` is small (64 x 147
+/// in the stem) and the reduction long (8192 rows), which gives `gemm` too little output to
+/// share between threads; there the rows are split into blocks whose partial products run on
+/// separate threads and are summed in block order (so the result does not depend on the
+/// thread count).
+fn filter_product<T: Float>(
+    dw: &mut [T],
+    dy: &[T],
+    col: &[T],
+    co: usize,
+    kl: usize,
+    rows: usize,
+    accumulate: bool,
+) -> Result<()> {
+    let blocks = (rows / FILTER_SPLIT_ROWS).min(16);
+    if blocks < 2 || co * kl >= rows * 4 {
+        return matmul(
+            dw,
+            dy,
+            Layout::Transposed,
+            col,
+            Layout::Plain,
+            co,
+            kl,
+            rows,
+            accumulate,
+        );
+    }
+    let block_rows = rows.div_ceil(blocks);
+    let partials: Vec<Vec<T>> = dy
+        .par_chunks(block_rows * co)
+        .zip(col.par_chunks(block_rows * kl))
+        .map(|(dy, col)| {
+            let mut part = vec![T::ZERO; co * kl];
+            let r = dy.len() / co;
+            matmul_serial(
+                &mut part,
+                dy,
+                Layout::Transposed,
+                col,
+                Layout::Plain,
+                co,
+                kl,
+                r,
+                false,
+            )
+            .map(|()| part)
+        })
+        .collect::<Result<_>>()?;
+    if !accumulate {
+        dw.fill(T::ZERO);
+    }
+    for part in &partials {
+        for (d, &v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    Ok(())
 }
 
 impl ConvGeometry {
@@ -271,7 +460,10 @@ pub(super) fn conv2d_fwd(
     let g = ConvGeometry::new(OP, x.shape(), w.shape(), p)?;
     let bias = match bias {
         Some(b) if b.shape() != [g.co] => {
-            return Err(Error::shape(OP, format!("bias {:?}, expected [{}]", b.shape(), g.co)))
+            return Err(Error::shape(
+                OP,
+                format!("bias {:?}, expected [{}]", b.shape(), g.co),
+            ))
         }
         Some(b) => Some(b.cpu_slice(OP)?),
         None => None,
@@ -310,7 +502,11 @@ fn check_dy(op: &'static str, g: &ConvGeometry, dy: &Tensor) -> Result<()> {
     if dy.shape() != g.y_shape() {
         return Err(Error::shape(
             op,
-            format!("output gradient {:?}, expected {:?}", dy.shape(), g.y_shape()),
+            format!(
+                "output gradient {:?}, expected {:?}",
+                dy.shape(),
+                g.y_shape()
+            ),
         ));
     }
     Ok(())
@@ -323,9 +519,12 @@ mod tests {
     use crate::backend::cpu::CpuBackend;
     use crate::backend::Backend;
 
-    /// `(N, H, W, Ci, Co, k, stride, padding)`: odd sizes, every kernel/stride/padding mix
+    /// `(N, H, W, Ci, Co, k, stride, padding)`.
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    /// Odd sizes, every kernel/stride/padding mix
     /// ResNet18 uses plus padding wider than it needs.
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+    const CASES: [Case; 12] = [
         (1, 5, 7, 3, 5, 3, 1, 1),
         (3, 5, 7, 3, 4, 3, 2, 0),
         (3, 7, 5, 5, 7, 7, 2, 3),
@@ -334,12 +533,23 @@ mod tests {
         (3, 6, 6, 3, 5, 3, 2, 1),
         (1, 9, 9, 2, 3, 7, 1, 3),
         (3, 4, 5, 3, 2, 3, 3, 3),
+        // Kernels cropped to their live taps: to a pointwise 1x1, to 3x3, to 5x5 at stride 2,
+        // and a non-square input whose live rows and columns differ (no crop).
+        (3, 1, 1, 5, 4, 3, 1, 1),
+        (2, 2, 2, 3, 4, 7, 1, 3),
+        (3, 3, 3, 2, 3, 7, 2, 3),
+        (1, 1, 5, 3, 2, 3, 1, 1),
     ];
 
-    fn geometry(case: (usize, usize, usize, usize, usize, usize, usize, usize)) -> ConvGeometry {
+    fn geometry(case: Case) -> ConvGeometry {
         let (n, h, w, ci, co, k, stride, padding) = case;
-        ConvGeometry::new("test", &[n, h, w, ci], &[co, k, k, ci], Conv2dParams { stride, padding })
-            .expect("valid test geometry")
+        ConvGeometry::new(
+            "test",
+            &[n, h, w, ci],
+            &[co, k, k, ci],
+            Conv2dParams { stride, padding },
+        )
+        .expect("valid test geometry")
     }
 
     /// Input pixel `(ih, iw)` read by output `(oh, ow)` through tap `(kh, kw)`, if not padding.
@@ -358,7 +568,9 @@ mod tests {
                     for co in 0..g.co {
                         for kh in 0..g.k {
                             for kw in 0..g.k {
-                                let Some((ih, iw)) = tap(g, oh, ow, kh, kw) else { continue };
+                                let Some((ih, iw)) = tap(g, oh, ow, kh, kw) else {
+                                    continue;
+                                };
                                 for ci in 0..g.ci {
                                     let yi = ((n * g.ho + oh) * g.wo + ow) * g.co + co;
                                     let xi = ((n * g.h + ih) * g.w + iw) * g.ci + ci;
@@ -375,13 +587,21 @@ mod tests {
 
     /// Forward and both backwards of the f32 backend against direct loops in f64.
     fn check_against_direct(case_index: usize, g: &ConvGeometry) {
-        let p = Conv2dParams { stride: g.stride, padding: g.padding };
+        let p = Conv2dParams {
+            stride: g.stride,
+            padding: g.padding,
+        };
         let seed = 100 + case_index as u64;
         let x = random(seed, g.n * g.h * g.w * g.ci, -1.0, 1.0);
         let w = random(seed + 1, g.co * g.patch_len(), -1.0, 1.0);
         let b = random(seed + 2, g.co, -1.0, 1.0);
         let dy = random(seed + 3, g.n * g.ho * g.wo * g.co, -1.0, 1.0);
-        let (x, w, b, dy) = (to_f64(&to_f32(&x)), to_f64(&to_f32(&w)), to_f64(&to_f32(&b)), to_f64(&to_f32(&dy)));
+        let (x, w, b, dy) = (
+            to_f64(&to_f32(&x)),
+            to_f64(&to_f32(&w)),
+            to_f64(&to_f32(&b)),
+            to_f64(&to_f32(&dy)),
+        );
 
         let mut y = vec![0.0; dy.len()];
         for (i, yv) in y.iter_mut().enumerate() {
@@ -396,12 +616,20 @@ mod tests {
         });
 
         let cpu = CpuBackend;
-        let (xt, wt, bt) = (tensor(&x, &[g.n, g.h, g.w, g.ci]), tensor(&w, &[g.co, g.k, g.k, g.ci]), tensor(&b, &[g.co]));
+        let (xt, wt, bt) = (
+            tensor(&x, &[g.n, g.h, g.w, g.ci]),
+            tensor(&w, &[g.co, g.k, g.k, g.ci]),
+            tensor(&b, &[g.co]),
+        );
         let dyt = tensor(&dy, &g.y_shape());
         let got_y = cpu.conv2d_fwd(&xt, &wt, Some(&bt), p).expect("conv2d_fwd");
         assert_eq!(got_y.shape(), g.y_shape());
-        let got_dx = cpu.conv2d_bwd_data(&dyt, &wt, xt.shape(), p).expect("conv2d_bwd_data");
-        let got_dw = cpu.conv2d_bwd_filter(&xt, &dyt, wt.shape(), p).expect("conv2d_bwd_filter");
+        let got_dx = cpu
+            .conv2d_bwd_data(&dyt, &wt, xt.shape(), p)
+            .expect("conv2d_bwd_data");
+        let got_dw = cpu
+            .conv2d_bwd_filter(&xt, &dyt, wt.shape(), p)
+            .expect("conv2d_bwd_filter");
         let name = |what| format!("{what} {g:?}");
         assert_close(&name("forward"), &values(&got_y), &y, F32_VS_F64);
         assert_close(&name("backward data"), &values(&got_dx), &dx, F32_VS_F64);
@@ -413,6 +641,16 @@ mod tests {
         for (i, &case) in CASES.iter().enumerate() {
             check_against_direct(i, &geometry(case));
         }
+    }
+
+    #[test]
+    fn crops_kernels_to_live_taps() {
+        let crop = |case| geometry(case).cropped().map(|(lo, g)| (lo, g.k, g.padding));
+        assert_eq!(crop(CASES[8]), Some((1, 1, 0)));
+        assert_eq!(crop(CASES[9]), Some((2, 3, 1)));
+        assert_eq!(crop(CASES[10]), Some((1, 5, 2)));
+        assert_eq!(crop(CASES[11]), None);
+        assert_eq!(crop(CASES[0]), None);
     }
 
     #[test]
@@ -428,12 +666,25 @@ mod tests {
     #[test]
     fn without_bias_is_bias_free() {
         let g = geometry(CASES[0]);
-        let x = tensor(&random(1, g.n * g.h * g.w * g.ci, -1.0, 1.0), &[g.n, g.h, g.w, g.ci]);
-        let w = tensor(&random(2, g.co * g.patch_len(), -1.0, 1.0), &[g.co, g.k, g.k, g.ci]);
+        let x = tensor(
+            &random(1, g.n * g.h * g.w * g.ci, -1.0, 1.0),
+            &[g.n, g.h, g.w, g.ci],
+        );
+        let w = tensor(
+            &random(2, g.co * g.patch_len(), -1.0, 1.0),
+            &[g.co, g.k, g.k, g.ci],
+        );
         let b = tensor(&vec![0.0; g.co], &[g.co]);
-        let p = Conv2dParams { stride: g.stride, padding: g.padding };
-        let with = CpuBackend.conv2d_fwd(&x, &w, Some(&b), p).expect("with bias");
-        let without = CpuBackend.conv2d_fwd(&x, &w, None, p).expect("without bias");
+        let p = Conv2dParams {
+            stride: g.stride,
+            padding: g.padding,
+        };
+        let with = CpuBackend
+            .conv2d_fwd(&x, &w, Some(&b), p)
+            .expect("with bias");
+        let without = CpuBackend
+            .conv2d_fwd(&x, &w, None, p)
+            .expect("without bias");
         assert_close("zero bias", &values(&with), &values(&without), HAND_F32);
     }
 
@@ -459,18 +710,36 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors() {
         let x = tensor(&random(1, 2 * 5 * 5 * 3, -1.0, 1.0), &[2, 5, 5, 3]);
-        let p = Conv2dParams { stride: 1, padding: 0 };
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 0,
+        };
         let wrong_ci = tensor(&random(2, 4 * 9 * 2, -1.0, 1.0), &[4, 3, 3, 2]);
         let too_big = tensor(&random(3, 4 * 49 * 3, -1.0, 1.0), &[4, 7, 7, 3]);
         let not_square = tensor(&random(4, 4 * 6 * 3, -1.0, 1.0), &[4, 3, 2, 3]);
         for w in [&wrong_ci, &too_big, &not_square] {
-            assert!(matches!(CpuBackend.conv2d_fwd(&x, w, None, p), Err(Error::Shape { .. })));
+            assert!(matches!(
+                CpuBackend.conv2d_fwd(&x, w, None, p),
+                Err(Error::Shape { .. })
+            ));
         }
         let w = tensor(&random(5, 4 * 9 * 3, -1.0, 1.0), &[4, 3, 3, 3]);
-        let zero_stride = Conv2dParams { stride: 0, padding: 0 };
-        assert!(matches!(CpuBackend.conv2d_fwd(&x, &w, None, zero_stride), Err(Error::Shape { .. })));
+        let zero_stride = Conv2dParams {
+            stride: 0,
+            padding: 0,
+        };
+        assert!(matches!(
+            CpuBackend.conv2d_fwd(&x, &w, None, zero_stride),
+            Err(Error::Shape { .. })
+        ));
         let bad_dy = tensor(&random(6, 2 * 4 * 4 * 4, -1.0, 1.0), &[2, 4, 4, 4]);
-        assert!(matches!(CpuBackend.conv2d_bwd_data(&bad_dy, &w, x.shape(), p), Err(Error::Shape { .. })));
-        assert!(matches!(CpuBackend.conv2d_bwd_filter(&x, &bad_dy, w.shape(), p), Err(Error::Shape { .. })));
+        assert!(matches!(
+            CpuBackend.conv2d_bwd_data(&bad_dy, &w, x.shape(), p),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            CpuBackend.conv2d_bwd_filter(&x, &bad_dy, w.shape(), p),
+            Err(Error::Shape { .. })
+        ));
     }
 }

@@ -22,7 +22,11 @@ fn normalise_rows<T: Float>(v: &[T], d: usize) -> (Vec<T>, Vec<f64>) {
         .par_chunks_mut(d)
         .zip(v.par_chunks(d))
         .map(|(u, row)| {
-            let norm = row.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>().sqrt();
+            let norm = row
+                .iter()
+                .map(|x| x.to_f64() * x.to_f64())
+                .sum::<f64>()
+                .sqrt();
             let inv = T::from_f64(1.0 / norm.max(NORM_FLOOR));
             for (u, &x) in u.iter_mut().zip(row) {
                 *u = x * inv;
@@ -46,7 +50,17 @@ pub(crate) fn cosface_fwd_kernel<T: Float>(
     let (e_unit, _) = normalise_rows(emb, d);
     let (w_unit, _) = normalise_rows(weight, d);
     let mut logits = vec![T::ZERO; n * l];
-    matmul(&mut logits, &e_unit, Layout::Plain, &w_unit, Layout::Transposed, n, l, d, false)?;
+    matmul(
+        &mut logits,
+        &e_unit,
+        Layout::Plain,
+        &w_unit,
+        Layout::Transposed,
+        n,
+        l,
+        d,
+        false,
+    )?;
 
     let scale = T::from_f64(f64::from(p.scale));
     let margin = T::from_f64(f64::from(p.margin));
@@ -79,9 +93,29 @@ pub(crate) fn cosface_bwd_kernel<T: Float>(
     let dcos: Vec<T> = dlogits.par_iter().map(|&g| g * scale).collect();
 
     let mut de_unit = vec![T::ZERO; n * d];
-    matmul(&mut de_unit, &dcos, Layout::Plain, &w_unit, Layout::Plain, n, d, l, false)?;
+    matmul(
+        &mut de_unit,
+        &dcos,
+        Layout::Plain,
+        &w_unit,
+        Layout::Plain,
+        n,
+        d,
+        l,
+        false,
+    )?;
     let mut dw_unit = vec![T::ZERO; l * d];
-    matmul(&mut dw_unit, &dcos, Layout::Transposed, &e_unit, Layout::Plain, l, d, n, false)?;
+    matmul(
+        &mut dw_unit,
+        &dcos,
+        Layout::Transposed,
+        &e_unit,
+        Layout::Plain,
+        l,
+        d,
+        n,
+        false,
+    )?;
 
     through_normalisation(&mut de_unit, &e_unit, &e_norm, d);
     through_normalisation(&mut dw_unit, &w_unit, &w_norm, d);
@@ -91,8 +125,10 @@ pub(crate) fn cosface_bwd_kernel<T: Float>(
 /// Turns gradients with respect to unit rows into gradients with respect to the raw rows, in
 /// place: removes the radial component and divides by the norm.
 fn through_normalisation<T: Float>(grad: &mut [T], unit: &[T], norms: &[f64], d: usize) {
-    grad.par_chunks_mut(d).zip(unit.par_chunks(d)).zip(norms.par_iter()).for_each(
-        |((g, u), &norm)| {
+    grad.par_chunks_mut(d)
+        .zip(unit.par_chunks(d))
+        .zip(norms.par_iter())
+        .for_each(|((g, u), &norm)| {
             if norm < NORM_FLOOR {
                 g.fill(T::ZERO);
                 return;
@@ -102,8 +138,7 @@ fn through_normalisation<T: Float>(grad: &mut [T], unit: &[T], norms: &[f64], d:
             for (g, &u) in g.iter_mut().zip(u) {
                 *g = (*g - u * radial) * inv;
             }
-        },
-    );
+        });
 }
 
 /// `(N, L, D)` after checking `emb [N, D]` against `weight [L, D]`.
@@ -129,7 +164,10 @@ pub(super) fn cosface_fwd(
     let (n, l, d) = head_dims(OP, emb, weight)?;
     let targets = match targets {
         Some(t) if t.shape() != [n, l] => {
-            return Err(Error::shape(OP, format!("targets {:?}, expected [{n}, {l}]", t.shape())))
+            return Err(Error::shape(
+                OP,
+                format!("targets {:?}, expected [{n}, {l}]", t.shape()),
+            ))
         }
         Some(t) => Some(t.cpu_slice(OP)?),
         None => None,
@@ -147,7 +185,10 @@ pub(super) fn cosface_bwd(
     const OP: &str = "cosface_bwd";
     let (n, l, d) = head_dims(OP, emb, weight)?;
     if dlogits.shape() != [n, l] {
-        return Err(Error::shape(OP, format!("dlogits {:?}, expected [{n}, {l}]", dlogits.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("dlogits {:?}, expected [{n}, {l}]", dlogits.shape()),
+        ));
     }
     let (de, dw) = cosface_bwd_kernel(
         dlogits.cpu_slice(OP)?,
@@ -166,8 +207,16 @@ mod tests {
     use crate::backend::cpu::CpuBackend;
     use crate::backend::Backend;
 
-    const SOFTMAX: CosFaceParams = CosFaceParams { margin: 0.2, scale: 10.0, multilabel: false };
-    const MULTILABEL: CosFaceParams = CosFaceParams { margin: 0.2, scale: 10.0, multilabel: true };
+    const SOFTMAX: CosFaceParams = CosFaceParams {
+        margin: 0.2,
+        scale: 10.0,
+        multilabel: false,
+    };
+    const MULTILABEL: CosFaceParams = CosFaceParams {
+        margin: 0.2,
+        scale: 10.0,
+        multilabel: true,
+    };
 
     /// Rows `[1, 0]`, `[0, 0]` (zero) and `[3, 4]` against classes `[1, 0]` and `[0, 2]`:
     /// cosines `[1, 0]`, `[0, 0]` and `[0.6, 0.8]`.
@@ -182,34 +231,61 @@ mod tests {
     fn forward_by_hand() {
         let (emb, weight) = hand_inputs();
         let cos = [1.0, 0.0, 0.0, 0.0, 0.6, 0.8];
-        let no_margin = CpuBackend.cosface_fwd(&emb, &weight, None, SOFTMAX).expect("no targets");
+        let no_margin = CpuBackend
+            .cosface_fwd(&emb, &weight, None, SOFTMAX)
+            .expect("no targets");
         let want: Vec<f64> = cos.iter().map(|c| 10.0 * c).collect();
         assert_close("no targets", &values(&no_margin), &want, HAND_F32);
 
         // Softmax: margin 0.2 comes off the target class only.
         let t = tensor(&[1.0, 0.0, 0.0, 1.0, 0.0, 1.0], &[3, 2]);
-        let z = CpuBackend.cosface_fwd(&emb, &weight, Some(&t), SOFTMAX).expect("softmax");
-        assert_close("softmax", &values(&z), &[8.0, 0.0, 0.0, -2.0, 6.0, 6.0], HAND_F32);
+        let z = CpuBackend
+            .cosface_fwd(&emb, &weight, Some(&t), SOFTMAX)
+            .expect("softmax");
+        assert_close(
+            "softmax",
+            &values(&z),
+            &[8.0, 0.0, 0.0, -2.0, 6.0, 6.0],
+            HAND_F32,
+        );
 
         // Multi-label: positives lose the margin, negatives gain it.
-        let z = CpuBackend.cosface_fwd(&emb, &weight, Some(&t), MULTILABEL).expect("multilabel");
-        assert_close("multilabel", &values(&z), &[8.0, 2.0, 2.0, -2.0, 8.0, 6.0], HAND_F32);
+        let z = CpuBackend
+            .cosface_fwd(&emb, &weight, Some(&t), MULTILABEL)
+            .expect("multilabel");
+        assert_close(
+            "multilabel",
+            &values(&z),
+            &[8.0, 2.0, 2.0, -2.0, 8.0, 6.0],
+            HAND_F32,
+        );
     }
 
     #[test]
     fn zero_embedding_has_zero_cosine_and_gradient() {
         let (emb, weight) = hand_inputs();
         let dlogits = tensor(&[1.0, -2.0, 0.5, 3.0, -1.0, 0.25], &[3, 2]);
-        let (de, dw) = CpuBackend.cosface_bwd(&dlogits, &emb, &weight, SOFTMAX).expect("bwd");
+        let (de, dw) = CpuBackend
+            .cosface_bwd(&dlogits, &emb, &weight, SOFTMAX)
+            .expect("bwd");
         let (de, dw) = (values(&de), values(&dw));
         assert!(de.iter().chain(&dw).all(|v| v.is_finite()), "{de:?} {dw:?}");
         assert_eq!(&de[2..4], &[0.0, 0.0], "the zero row gets no gradient");
 
         // A zero class weight too: finite everywhere, zero gradient for it.
         let weight = tensor(&[1.0, 0.0, 0.0, 0.0], &[2, 2]);
-        let z = CpuBackend.cosface_fwd(&emb, &weight, None, SOFTMAX).expect("fwd");
-        assert_close("zero class", &values(&z), &[10.0, 0.0, 0.0, 0.0, 6.0, 0.0], HAND_F32);
-        let (_, dw) = CpuBackend.cosface_bwd(&dlogits, &emb, &weight, SOFTMAX).expect("bwd");
+        let z = CpuBackend
+            .cosface_fwd(&emb, &weight, None, SOFTMAX)
+            .expect("fwd");
+        assert_close(
+            "zero class",
+            &values(&z),
+            &[10.0, 0.0, 0.0, 0.0, 6.0, 0.0],
+            HAND_F32,
+        );
+        let (_, dw) = CpuBackend
+            .cosface_bwd(&dlogits, &emb, &weight, SOFTMAX)
+            .expect("bwd");
         assert_eq!(&values(&dw)[2..4], &[0.0, 0.0]);
     }
 
@@ -219,14 +295,26 @@ mod tests {
             let emb = random(seed, n * d, -1.0, 1.0);
             let weight = random(seed + 10, l * d, -1.0, 1.0);
             let targets = random(seed + 20, n * l, 0.0, 1.0);
-            let t: Vec<f64> = targets.iter().map(|v| if *v < 0.5 { 0.0 } else { 1.0 }).collect();
+            let t: Vec<f64> = targets
+                .iter()
+                .map(|v| if *v < 0.5 { 0.0 } else { 1.0 })
+                .collect();
             let r = random(seed + 30, n * l, -1.0, 1.0);
             let loss = |e: &[f64], w: &[f64]| {
-                dot(&r, &cosface_fwd_kernel(e, w, Some(&t), d, p).expect("forward"))
+                dot(
+                    &r,
+                    &cosface_fwd_kernel(e, w, Some(&t), d, p).expect("forward"),
+                )
             };
             let (de, dw) = cosface_bwd_kernel(&r, &emb, &weight, d, p).expect("backward");
             check_gradient("cosface d_emb", &emb, &de, |e| loss(e, &weight), GRAD_F64);
-            check_gradient("cosface d_weight", &weight, &dw, |w| loss(&emb, w), GRAD_F64);
+            check_gradient(
+                "cosface d_weight",
+                &weight,
+                &dw,
+                |w| loss(&emb, w),
+                GRAD_F64,
+            );
         }
     }
 

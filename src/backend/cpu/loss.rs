@@ -10,7 +10,11 @@ use crate::tensor::Tensor;
 /// `ln Σ exp(z)`, shifted by the row maximum so no exponent overflows.
 fn log_sum_exp<T: Float>(z: &[T]) -> f64 {
     let max = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.to_f64()));
-    max + z.iter().map(|&v| (v.to_f64() - max).exp()).sum::<f64>().ln()
+    max + z
+        .iter()
+        .map(|&v| (v.to_f64() - max).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// Mean over rows of `Σ_j y_ij (lse_i - z_ij)`: `-Σ y log softmax(z)`, never evaluating a
@@ -22,7 +26,10 @@ pub(crate) fn softmax_xent_fwd_kernel<T: Float>(z: &[T], y: &[T], l: usize) -> T
         .zip(y.par_chunks(l))
         .map(|(z, y)| {
             let lse = log_sum_exp(z);
-            z.iter().zip(y).map(|(&z, &y)| y.to_f64() * (lse - z.to_f64())).sum::<f64>()
+            z.iter()
+                .zip(y)
+                .map(|(&z, &y)| y.to_f64() * (lse - z.to_f64()))
+                .sum::<f64>()
         })
         .collect::<Vec<f64>>()
         .iter()
@@ -36,14 +43,16 @@ pub(crate) fn softmax_xent_bwd_kernel<T: Float>(z: &[T], y: &[T], l: usize, dlos
     let n = z.len() / l;
     let coef = dloss / n as f64;
     let mut dz = vec![T::ZERO; z.len()];
-    dz.par_chunks_mut(l).zip(z.par_chunks(l).zip(y.par_chunks(l))).for_each(|(dz, (z, y))| {
-        let lse = log_sum_exp(z);
-        let mass: f64 = y.iter().map(|v| v.to_f64()).sum();
-        for ((dz, &z), &y) in dz.iter_mut().zip(z).zip(y) {
-            let p = (z.to_f64() - lse).exp();
-            *dz = T::from_f64(coef * (mass * p - y.to_f64()));
-        }
-    });
+    dz.par_chunks_mut(l)
+        .zip(z.par_chunks(l).zip(y.par_chunks(l)))
+        .for_each(|(dz, (z, y))| {
+            let lse = log_sum_exp(z);
+            let mass: f64 = y.iter().map(|v| v.to_f64()).sum();
+            for ((dz, &z), &y) in dz.iter_mut().zip(z).zip(y) {
+                let p = (z.to_f64() - lse).exp();
+                *dz = T::from_f64(coef * (mass * p - y.to_f64()));
+            }
+        });
     dz
 }
 
@@ -71,7 +80,10 @@ pub(crate) fn sigmoid_xent_fwd_kernel<T: Float>(z: &[T], y: &[T]) -> T {
         .par_chunks(PAR_CHUNK)
         .zip(y.par_chunks(PAR_CHUNK))
         .map(|(z, y)| {
-            z.iter().zip(y).map(|(&z, &y)| bce_with_logits(z.to_f64(), y.to_f64())).sum::<f64>()
+            z.iter()
+                .zip(y)
+                .map(|(&z, &y)| bce_with_logits(z.to_f64(), y.to_f64()))
+                .sum::<f64>()
         })
         .collect::<Vec<f64>>()
         .iter()
@@ -83,13 +95,13 @@ pub(crate) fn sigmoid_xent_fwd_kernel<T: Float>(z: &[T], y: &[T]) -> T {
 pub(crate) fn sigmoid_xent_bwd_kernel<T: Float>(z: &[T], y: &[T], dloss: f64) -> Vec<T> {
     let coef = T::from_f64(dloss / z.len() as f64);
     let mut dz = vec![T::ZERO; z.len()];
-    dz.par_chunks_mut(PAR_CHUNK).zip(z.par_chunks(PAR_CHUNK).zip(y.par_chunks(PAR_CHUNK))).for_each(
-        |(dz, (z, y))| {
+    dz.par_chunks_mut(PAR_CHUNK)
+        .zip(z.par_chunks(PAR_CHUNK).zip(y.par_chunks(PAR_CHUNK)))
+        .for_each(|(dz, (z, y))| {
             for ((dz, &z), &y) in dz.iter_mut().zip(z).zip(y) {
                 *dz = coef * (sigmoid(z) - y);
             }
-        },
-    );
+        });
     dz
 }
 
@@ -97,7 +109,9 @@ pub(crate) fn sigmoid_xent_bwd_kernel<T: Float>(z: &[T], y: &[T], dloss: f64) ->
 pub(crate) fn probabilities_kernel<T: Float>(z: &[T], l: usize, multilabel: bool) -> Vec<T> {
     let mut p = vec![T::ZERO; z.len()];
     if multilabel {
-        p.par_iter_mut().zip(z.par_iter()).for_each(|(p, &z)| *p = sigmoid(z));
+        p.par_iter_mut()
+            .zip(z.par_iter())
+            .for_each(|(p, &z)| *p = sigmoid(z));
     } else {
         p.par_chunks_mut(l).zip(z.par_chunks(l)).for_each(|(p, z)| {
             let lse = log_sum_exp(z);
@@ -115,7 +129,11 @@ fn loss_dims(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<usiz
     if targets.shape() != logits.shape() || n == 0 || l == 0 {
         return Err(Error::shape(
             op,
-            format!("logits {:?} vs targets {:?}", logits.shape(), targets.shape()),
+            format!(
+                "logits {:?} vs targets {:?}",
+                logits.shape(),
+                targets.shape()
+            ),
         ));
     }
     Ok(l)
@@ -150,8 +168,11 @@ pub(super) fn sigmoid_xent_fwd(logits: &Tensor, targets: &Tensor) -> Result<Tens
 pub(super) fn sigmoid_xent_bwd(logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
     const OP: &str = "sigmoid_xent_bwd";
     loss_dims(OP, logits, targets)?;
-    let dz =
-        sigmoid_xent_bwd_kernel(logits.cpu_slice(OP)?, targets.cpu_slice(OP)?, f64::from(dloss));
+    let dz = sigmoid_xent_bwd_kernel(
+        logits.cpu_slice(OP)?,
+        targets.cpu_slice(OP)?,
+        f64::from(dloss),
+    );
     Ok(cpu_tensor(dz, logits.shape()))
 }
 
@@ -159,9 +180,15 @@ pub(super) fn probabilities(logits: &Tensor, multilabel: bool) -> Result<Tensor>
     const OP: &str = "probabilities";
     let [_, l] = dims::<2>(OP, "logits", logits.shape())?;
     if l == 0 {
-        return Err(Error::shape(OP, format!("logits {:?} have no labels", logits.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("logits {:?} have no labels", logits.shape()),
+        ));
     }
-    Ok(cpu_tensor(probabilities_kernel(logits.cpu_slice(OP)?, l, multilabel), logits.shape()))
+    Ok(cpu_tensor(
+        probabilities_kernel(logits.cpu_slice(OP)?, l, multilabel),
+        logits.shape(),
+    ))
 }
 
 #[cfg(test)]
@@ -178,10 +205,20 @@ mod tests {
         let y = tensor(&[1.0, 0.0, 1.0, 0.0, 0.0, 1.0], &[3, 2]);
         let loss = CpuBackend.softmax_xent_fwd(&z, &y).expect("fwd");
         assert_eq!(loss.shape(), [1]);
-        assert_close("softmax xent", &values(&loss), &[(2f64.ln() + 200.0) / 3.0], HAND_F32);
+        assert_close(
+            "softmax xent",
+            &values(&loss),
+            &[(2f64.ln() + 200.0) / 3.0],
+            HAND_F32,
+        );
 
         let dz = values(&CpuBackend.softmax_xent_bwd(&z, &y, 3.0).expect("bwd"));
-        assert_close("softmax xent grad", &dz, &[-0.5, 0.5, 0.0, 0.0, 1.0, -1.0], HAND_F32);
+        assert_close(
+            "softmax xent grad",
+            &dz,
+            &[-0.5, 0.5, 0.0, 0.0, 1.0, -1.0],
+            HAND_F32,
+        );
     }
 
     #[test]
@@ -191,7 +228,12 @@ mod tests {
         let y = tensor(&[0.0, 0.0, 1.0, 1.0], &[2, 2]);
         let loss = CpuBackend.sigmoid_xent_fwd(&z, &y).expect("fwd");
         assert_eq!(loss.shape(), [1]);
-        assert_close("sigmoid xent", &values(&loss), &[(200.0 + 2f64.ln()) / 4.0], HAND_F32);
+        assert_close(
+            "sigmoid xent",
+            &values(&loss),
+            &[(200.0 + 2f64.ln()) / 4.0],
+            HAND_F32,
+        );
 
         let dz = values(&CpuBackend.sigmoid_xent_bwd(&z, &y, 4.0).expect("bwd"));
         assert_close("sigmoid xent grad", &dz, &[1.0, 0.0, -0.5, -1.0], HAND_F32);
@@ -201,9 +243,14 @@ mod tests {
     fn gradients_match_finite_differences() {
         let (n, l) = (3, 5);
         let z = random(1, n * l, -4.0, 4.0);
-        let multi_hot: Vec<f64> =
-            random(2, n * l, 0.0, 1.0).iter().map(|v| if *v < 0.4 { 1.0 } else { 0.0 }).collect();
-        for (name, y) in [("one-hot", one_hot(3, n, l)), ("multi-hot", multi_hot.clone())] {
+        let multi_hot: Vec<f64> = random(2, n * l, 0.0, 1.0)
+            .iter()
+            .map(|v| if *v < 0.4 { 1.0 } else { 0.0 })
+            .collect();
+        for (name, y) in [
+            ("one-hot", one_hot(3, n, l)),
+            ("multi-hot", multi_hot.clone()),
+        ] {
             let dz = softmax_xent_bwd_kernel(&z, &y, l, 1.7);
             let loss = |z: &[f64]| 1.7 * softmax_xent_fwd_kernel(z, &y, l);
             check_gradient(&format!("softmax xent {name}"), &z, &dz, loss, GRAD_F64);
@@ -226,9 +273,18 @@ mod tests {
     fn bad_shapes_are_errors() {
         let z = tensor(&[0.0; 6], &[2, 3]);
         let y = tensor(&[0.0; 6], &[3, 2]);
-        assert!(matches!(CpuBackend.softmax_xent_fwd(&z, &y), Err(Error::Shape { .. })));
-        assert!(matches!(CpuBackend.sigmoid_xent_bwd(&z, &y, 1.0), Err(Error::Shape { .. })));
+        assert!(matches!(
+            CpuBackend.softmax_xent_fwd(&z, &y),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            CpuBackend.sigmoid_xent_bwd(&z, &y, 1.0),
+            Err(Error::Shape { .. })
+        ));
         let flat = tensor(&[0.0; 6], &[6]);
-        assert!(matches!(CpuBackend.probabilities(&flat, false), Err(Error::Shape { .. })));
+        assert!(matches!(
+            CpuBackend.probabilities(&flat, false),
+            Err(Error::Shape { .. })
+        ));
     }
 }

@@ -28,7 +28,8 @@ impl Layout {
 /// costs more than the arithmetic.
 const PARALLEL_MIN_FLOPS: usize = 1 << 16;
 
-/// `dst [m, n] = (accumulate ? dst : 0) + a [m, k] · b [k, n]`, `dst` row-major and contiguous.
+/// `dst [m, n] = (accumulate ? dst : 0) + a [m, k] · b [k, n]`, `dst` row-major and contiguous,
+/// using rayon's threads when the product is large enough to pay for them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul<T: Float>(
     dst: &mut [T],
@@ -40,6 +41,39 @@ pub(crate) fn matmul<T: Float>(
     n: usize,
     k: usize,
     accumulate: bool,
+) -> Result<()> {
+    let threaded = m * n * k >= PARALLEL_MIN_FLOPS;
+    matmul_on(dst, a, a_layout, b, b_layout, m, n, k, accumulate, threaded)
+}
+
+/// [`matmul`] on the calling thread only, for callers that parallelise around it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_serial<T: Float>(
+    dst: &mut [T],
+    a: &[T],
+    a_layout: Layout,
+    b: &[T],
+    b_layout: Layout,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) -> Result<()> {
+    matmul_on(dst, a, a_layout, b, b_layout, m, n, k, accumulate, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_on<T: Float>(
+    dst: &mut [T],
+    a: &[T],
+    a_layout: Layout,
+    b: &[T],
+    b_layout: Layout,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    threaded: bool,
 ) -> Result<()> {
     if dst.len() != m * n || a.len() != m * k || b.len() != k * n {
         return Err(Error::shape(
@@ -64,7 +98,7 @@ pub(crate) fn matmul<T: Float>(
 
     let (a_rs, a_cs) = a_layout.strides(m, k);
     let (b_rs, b_cs) = b_layout.strides(k, n);
-    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS {
+    let parallelism = if threaded {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None

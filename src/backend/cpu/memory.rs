@@ -28,3 +28,34 @@ pub(super) fn non_finite_count(x: &Tensor) -> Result<usize> {
         .map(|c| c.iter().filter(|v| !v.is_finite()).count())
         .sum())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+    use crate::error::Error;
+
+    #[test]
+    fn round_trip_zeros_and_census() {
+        let b = CpuBackend;
+        let x = b.from_host(
+            &[1.0, f32::NAN, f32::INFINITY, -f32::INFINITY, 0.0, 2.0],
+            &[2, 3],
+        );
+        let x = x.expect("from_host");
+        assert_eq!(x.shape(), [2, 3]);
+        assert_eq!(b.non_finite_count(&x).expect("census"), 3);
+        assert_eq!(b.to_host(&x).expect("to_host")[5], 2.0);
+        assert!(matches!(
+            b.from_host(&[1.0; 5], &[2, 3]),
+            Err(Error::Shape { .. })
+        ));
+
+        let z = b.zeros(&[3, 1, 2]).expect("zeros");
+        assert_eq!(b.to_host(&z).expect("to_host"), vec![0.0; 6]);
+        assert!(matches!(
+            b.zeros(&[usize::MAX, 3]),
+            Err(Error::Shape { .. })
+        ));
+    }
+}

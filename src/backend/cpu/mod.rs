@@ -39,7 +39,10 @@ fn dims<const R: usize>(op: &'static str, what: &str, shape: &[usize]) -> Result
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{:?} vs {:?}", a.shape(), b.shape()),
+        ));
     }
     Ok(())
 }
@@ -48,7 +51,11 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 fn slice_mut<'a>(op: &'static str, t: &'a mut Tensor) -> Result<&'a mut [f32]> {
     match t.storage_mut(op)? {
         Storage::Cpu(v) => Ok(v),
-        other => Err(Error::Device { op, expected: "cpu", found: other.device_name() }),
+        other => Err(Error::Device {
+            op,
+            expected: "cpu",
+            found: other.device_name(),
+        }),
     }
 }
 

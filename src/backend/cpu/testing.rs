@@ -15,15 +15,27 @@ pub(crate) struct Tolerance {
 
 /// Analytic f64 gradients against central differences with step [`FD_STEP`]: rounding in the
 /// difference is ~1e-16 / 1e-6 = 1e-10 relative to the loss, truncation ~1e-12.
-pub(crate) const GRAD_F64: Tolerance = Tolerance { name: "GRAD_F64", abs: 1e-7, rel: 1e-6 };
+pub(crate) const GRAD_F64: Tolerance = Tolerance {
+    name: "GRAD_F64",
+    abs: 1e-7,
+    rel: 1e-6,
+};
 
 /// An f32 kernel against an f64 reference loop: sums of up to a few thousand f32 products
 /// carry ~1e-6 relative error per term; 1e-4 leaves room without hiding an indexing bug
 /// (those err by O(1)).
-pub(crate) const F32_VS_F64: Tolerance = Tolerance { name: "F32_VS_F64", abs: 1e-4, rel: 1e-4 };
+pub(crate) const F32_VS_F64: Tolerance = Tolerance {
+    name: "F32_VS_F64",
+    abs: 1e-4,
+    rel: 1e-4,
+};
 
 /// Values worked out by hand, computed in f32: a few ulps.
-pub(crate) const HAND_F32: Tolerance = Tolerance { name: "HAND_F32", abs: 1e-6, rel: 1e-6 };
+pub(crate) const HAND_F32: Tolerance = Tolerance {
+    name: "HAND_F32",
+    abs: 1e-6,
+    rel: 1e-6,
+};
 
 /// Central-difference step for f64 gradient checks.
 pub(crate) const FD_STEP: f64 = 1e-6;
@@ -31,7 +43,9 @@ pub(crate) const FD_STEP: f64 = 1e-6;
 /// `n` seeded uniform values in `[lo, hi)`.
 pub(crate) fn random(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| lo + (hi - lo) * rng.random::<f64>()).collect()
+    (0..n)
+        .map(|_| lo + (hi - lo) * rng.random::<f64>())
+        .collect()
 }
 
 /// `n` seeded one-hot rows of width `l`.
