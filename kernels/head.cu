@@ -75,7 +75,9 @@ LW_KERNEL void cosface_fwd_f32(const CosFaceParams p) {
 // class weights, for d_weight the embeddings): with u = x inv, g = sum_j coef(i, j) û_j and
 // coef = scale * dlogits[i * coef_row_stride + j * coef_col_stride],
 //   dx = inv * (g - (g . x) inv^2 x)  when ||x|| > eps (projection off the unit sphere),
-//   dx = inv * g                       otherwise (F.normalize divides by the constant eps).
+//   dx = 0                             otherwise: a clamped row is treated as a constant, as
+//                                      the CPU reference does (the clamp's slope, 1/eps, is
+//                                      a useless 1e12).
 // One block per row; dx holds g between the two passes (each thread rereads its own writes).
 struct CosFaceBwdParams {
     const float* x;
@@ -113,8 +115,11 @@ LW_KERNEL void cosface_bwd_f32(const CosFaceBwdParams p) {
     }
     dot = lw_block_sum(dot, scratch);
     const float inv = p.x_inv[row];
-    const float proj = inv * p.eps < 1.0f ? dot * inv * inv : 0.0f;
-    for (int d = threadIdx.x; d < p.cols; d += blockDim.x) dx[d] = inv * (dx[d] - proj * x[d]);
+    const bool clamped = inv * p.eps >= 1.0f;
+    const float proj = dot * inv * inv;
+    for (int d = threadIdx.x; d < p.cols; d += blockDim.x) {
+        dx[d] = clamped ? 0.0f : inv * (dx[d] - proj * x[d]);
+    }
 }
 
 // ---- Losses and probabilities ---------------------------------------------------------------

@@ -284,12 +284,12 @@ static void test_head(int n, int l, int d, bool multilabel) {
             const double cosine = dot * ie[i] * iw[c];
             const double target = multilabel ? 2.0 * t[i * l + c] - 1.0 : t[i * l + c];
             logits[i * l + c] = scale * (cosine - margin * target);
-            // d cos / d e = (w^ - cos e^) / |e|, with F.normalize's x / eps for a zero row.
+            // d cos / d e = (w^ - cos e^) / |e|; a clamped (zero) row is a constant: gradient 0.
             const double g = scale * dlogits[i * l + c];
             const bool zero_row = ie[i] * eps >= 1.0;
             for (int j = 0; j < d; ++j) {
                 const double eh = er[j] * ie[i], wh = wr[j] * iw[c];
-                demb[size_t(i) * d + j] += g * ie[i] * (wh - (zero_row ? 0.0 : cosine * eh));
+                if (!zero_row) demb[size_t(i) * d + j] += g * ie[i] * (wh - cosine * eh);
                 dw[size_t(c) * d + j] += g * iw[c] * (eh - cosine * wh);
             }
         }
