@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod ptx;
 pub mod tensor;
 
 pub use backend::{Backend, BackendHandle, DeviceChoice};
