@@ -35,47 +35,80 @@ impl Backend for CudaBackend {
     }
 
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "from_host not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "from_host not implemented yet"
+        )))
     }
 
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
-        Err(Error::Unsupported(format!("cuda: {}", "to_host not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "to_host not implemented yet"
+        )))
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "zeros not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "zeros not implemented yet"
+        )))
     }
 
     fn non_finite_count(&self, x: &Tensor) -> Result<usize> {
-        Err(Error::Unsupported(format!("cuda: {}", "non_finite_count not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "non_finite_count not implemented yet"
+        )))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "add not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "add not implemented yet"
+        )))
     }
 
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        Err(Error::Unsupported(format!("cuda: {}", "add_assign not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "add_assign not implemented yet"
+        )))
     }
 
     fn scale(&self, x: &Tensor, alpha: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "scale not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "scale not implemented yet"
+        )))
     }
 
     fn lerp_assign(&self, a: &mut Tensor, b: &Tensor, alpha: f32, weight: f32) -> Result<()> {
-        Err(Error::Unsupported(format!("cuda: {}", "lerp_assign not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "lerp_assign not implemented yet"
+        )))
     }
 
     fn relu_fwd(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "relu_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "relu_fwd not implemented yet"
+        )))
     }
 
     fn relu_bwd(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "relu_bwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "relu_bwd not implemented yet"
+        )))
     }
 
     fn channel_sum(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "channel_sum not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "channel_sum not implemented yet"
+        )))
     }
 
     fn conv2d_fwd(
@@ -85,7 +118,10 @@ impl Backend for CudaBackend {
         bias: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "conv2d_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "conv2d_fwd not implemented yet"
+        )))
     }
 
     fn conv2d_bwd_data(
@@ -95,7 +131,10 @@ impl Backend for CudaBackend {
         x_shape: &[usize],
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "conv2d_bwd_data not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "conv2d_bwd_data not implemented yet"
+        )))
     }
 
     fn conv2d_bwd_filter(
@@ -105,7 +144,10 @@ impl Backend for CudaBackend {
         w_shape: &[usize],
         p: Conv2dParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "conv2d_bwd_filter not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "conv2d_bwd_filter not implemented yet"
+        )))
     }
 
     fn batch_norm_fwd_train(
@@ -115,7 +157,10 @@ impl Backend for CudaBackend {
         beta: &Tensor,
         p: BatchNormParams,
     ) -> Result<BatchNormTrainOut> {
-        Err(Error::Unsupported(format!("cuda: {}", "batch_norm_fwd_train not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "batch_norm_fwd_train not implemented yet"
+        )))
     }
 
     fn batch_norm_fwd_eval(
@@ -127,7 +172,10 @@ impl Backend for CudaBackend {
         running_var: &Tensor,
         p: BatchNormParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "batch_norm_fwd_eval not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "batch_norm_fwd_eval not implemented yet"
+        )))
     }
 
     fn batch_norm_bwd(
@@ -139,24 +187,38 @@ impl Backend for CudaBackend {
         var: &Tensor,
         p: BatchNormParams,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        Err(Error::Unsupported(format!("cuda: {}", "batch_norm_bwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "batch_norm_bwd not implemented yet"
+        )))
     }
 
     fn max_pool_fwd(&self, x: &Tensor, p: PoolParams) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "max_pool_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "max_pool_fwd not implemented yet"
+        )))
     }
 
-    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams)
-        -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "max_pool_bwd not implemented yet")))
+    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams) -> Result<Tensor> {
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "max_pool_bwd not implemented yet"
+        )))
     }
 
     fn avg_pool_global_fwd(&self, x: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "avg_pool_global_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "avg_pool_global_fwd not implemented yet"
+        )))
     }
 
     fn avg_pool_global_bwd(&self, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "avg_pool_global_bwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "avg_pool_global_bwd not implemented yet"
+        )))
     }
 
     fn cosface_fwd(
@@ -166,7 +228,10 @@ impl Backend for CudaBackend {
         targets: Option<&Tensor>,
         p: CosFaceParams,
     ) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "cosface_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "cosface_fwd not implemented yet"
+        )))
     }
 
     fn cosface_bwd(
@@ -176,27 +241,45 @@ impl Backend for CudaBackend {
         weight: &Tensor,
         p: CosFaceParams,
     ) -> Result<(Tensor, Tensor)> {
-        Err(Error::Unsupported(format!("cuda: {}", "cosface_bwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "cosface_bwd not implemented yet"
+        )))
     }
 
     fn softmax_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "softmax_xent_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "softmax_xent_fwd not implemented yet"
+        )))
     }
 
     fn softmax_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "softmax_xent_bwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "softmax_xent_bwd not implemented yet"
+        )))
     }
 
     fn sigmoid_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "sigmoid_xent_fwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "sigmoid_xent_fwd not implemented yet"
+        )))
     }
 
     fn sigmoid_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "sigmoid_xent_bwd not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "sigmoid_xent_bwd not implemented yet"
+        )))
     }
 
     fn probabilities(&self, logits: &Tensor, multilabel: bool) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "probabilities not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "probabilities not implemented yet"
+        )))
     }
 
     fn adam_update(
@@ -207,14 +290,23 @@ impl Backend for CudaBackend {
         v: &mut Tensor,
         p: AdamParams,
     ) -> Result<()> {
-        Err(Error::Unsupported(format!("cuda: {}", "adam_update not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "adam_update not implemented yet"
+        )))
     }
 
     fn score_pool(&self, logits: &Tensor, p: ScoreParams) -> Result<Tensor> {
-        Err(Error::Unsupported(format!("cuda: {}", "score_pool not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "score_pool not implemented yet"
+        )))
     }
 
     fn top_k(&self, scores: &Tensor, k: usize) -> Result<Vec<usize>> {
-        Err(Error::Unsupported(format!("cuda: {}", "top_k not implemented yet")))
+        Err(Error::Unsupported(format!(
+            "cuda: {}",
+            "top_k not implemented yet"
+        )))
     }
 }
