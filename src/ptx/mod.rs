@@ -116,3 +116,6 @@ pub use machine::{
     WINDOW_SIZE,
 };
 pub use module::{unsupported_opcodes, Kernel, Module, ParamInfo};
+
+#[cfg(test)]
+mod tests;

@@ -575,20 +575,15 @@ fn parse_statement(p: &mut Parser, scopes: &[HashMap<String, u32>]) -> PtxResult
     }
     let opcode = p.ident()?;
     let mut operands = Vec::new();
-    if !p.is_punct(';') {
-        loop {
-            operands.push(parse_operand(p, scopes)?);
-            if p.eat_punct(',') {
-                continue;
-            }
-            if p.is_punct(';') {
-                break;
-            }
-            // `call` syntax uses parentheses: keep the rest as names so it decodes as unsupported.
-            if p.is_punct('(') || p.is_punct(')') {
-                p.pos += 1;
-                continue;
-            }
+    loop {
+        // `call` wraps operand lists in parentheses; they carry no meaning for decoding.
+        while p.eat_punct('(') || p.eat_punct(')') {}
+        if p.is_punct(';') {
+            break;
+        }
+        operands.push(parse_operand(p, scopes)?);
+        while p.eat_punct('(') || p.eat_punct(')') {}
+        if !p.eat_punct(',') && !p.is_punct(';') {
             return p.err(format!(
                 "unexpected {:?} in operands of `{opcode}`",
                 p.peek()
