@@ -277,3 +277,28 @@ fn use_after_free_is_reported() {
         .unwrap_err();
     assert!(err.to_string().contains("freed allocation"), "{err}");
 }
+
+#[test]
+fn failed_device_assert_is_reported_with_its_message() {
+    let (module, m, dx, _dy) = setup(64);
+    m.write(dx + 4 * 40, &(-1.0f32).to_le_bytes()).unwrap();
+    let p = params(&module, "asserts_non_negative", &[&dx.to_le_bytes()]);
+    let err = m
+        .launch(
+            &module,
+            "asserts_non_negative",
+            [1, 1, 1],
+            [64, 1, 1],
+            0,
+            &p,
+        )
+        .unwrap_err();
+    match &err {
+        PtxError::Fault { site, detail } => {
+            assert_eq!(site.thread, [40, 0, 0]);
+            assert!(detail.contains("x[threadIdx.x] >= 0.0f"), "{detail}");
+            assert!(detail.contains("planted_bugs.cu"), "{detail}");
+        }
+        other => panic!("expected a failed assertion, got {other}"),
+    }
+}

@@ -360,3 +360,33 @@ fn every_opcode_of_the_coverage_kernels_is_supported() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn barrier_reductions_and_device_printf() {
+    let module = module();
+    let m = Machine::default();
+    let mut rng = StdRng::seed_from_u64(17);
+    let x: Vec<f32> = (0..96).map(|_| rng.random_range(-60.0..60.0)).collect();
+    let (dx, dout) = (upload(&m, &x), upload(&m, &[0i32; 96]));
+    let params = module
+        .kernel("barrier_reductions")
+        .unwrap()
+        .pack_params(&[&dx.to_le_bytes(), &dout.to_le_bytes()])
+        .unwrap();
+    let stats = m
+        .launch(
+            &module,
+            "barrier_reductions",
+            [1, 1, 1],
+            [96, 1, 1],
+            0,
+            &params,
+        )
+        .unwrap();
+    let count = x.iter().filter(|&&v| v > 0.0).count() as i32;
+    let any = x.iter().any(|&v| v > 50.0) as i32;
+    let want = count * 4 + 2 + any;
+    assert!(download::<i32>(&m, dout, 96).iter().all(|&v| v == want));
+    let line = format!("thread 3 of 96: count {count}, v={:.2} ok\n", x[3]);
+    assert_eq!(stats.printf, vec![line]);
+}

@@ -28,6 +28,8 @@ pub(crate) struct LaunchCtx<'a> {
     /// Warp instructions and thread instructions, summed over workers.
     pub counters: &'a [AtomicU64; 2],
     pub trace: &'a Mutex<Vec<String>>,
+    /// Lines written by device `printf`.
+    pub printf: &'a Mutex<Vec<String>>,
 }
 
 /// One warp's state. Lanes in `active` are all at `cur`; `pc` is authoritative for the others.
@@ -44,6 +46,10 @@ struct Warp {
     at_bar: u32,
     /// Local memory, `local_size` bytes per lane.
     local: Vec<u8>,
+    /// Lanes waiting at a `bar.red`, and where their result goes.
+    red_lanes: u32,
+    red_dst: Operand,
+    red_kind: Option<BarRed>,
 }
 
 /// Lanes of a mask, lowest first.
@@ -137,6 +143,10 @@ pub(crate) struct BlockExec<'a> {
     warp_instrs: u64,
     thread_instrs: u64,
     trace: Option<(u32, u32)>,
+    /// `bar.red` accumulators for the barrier now filling: true predicates, all, any.
+    red_count: u32,
+    red_all: bool,
+    red_any: bool,
 }
 
 #[inline]
@@ -962,6 +972,9 @@ impl<'a> BlockExec<'a> {
             warp_instrs: 0,
             thread_instrs: 0,
             trace: None,
+            red_count: 0,
+            red_all: true,
+            red_any: false,
         }
     }
 
@@ -1031,7 +1044,9 @@ impl<'a> BlockExec<'a> {
             w.live = exists;
             w.active = exists;
             w.at_bar = 0;
+            w.red_lanes = 0;
         }
+        (self.red_count, self.red_all, self.red_any) = (0, true, false);
         let mut warps = std::mem::take(&mut self.warps);
         let result = self.run_warps(&mut warps);
         self.warps = warps;
@@ -1051,7 +1066,20 @@ impl<'a> BlockExec<'a> {
                 return Ok(());
             }
             self.epoch += 1;
+            let red = (self.red_count, self.red_all, self.red_any);
+            (self.red_count, self.red_all, self.red_any) = (0, true, false);
             for w in warps.iter_mut() {
+                if w.red_lanes != 0 {
+                    let v = match w.red_kind {
+                        Some(BarRed::Popc) => red.0 as u64,
+                        Some(BarRed::And) => red.1 as u64,
+                        _ => red.2 as u64,
+                    };
+                    for l in Lanes(w.red_lanes) {
+                        Self::write(w, w.red_dst, l, v);
+                    }
+                    w.red_lanes = 0;
+                }
                 w.at_bar = 0;
                 if w.live != 0 {
                     w.reschedule();
@@ -1128,6 +1156,24 @@ impl<'a> BlockExec<'a> {
                     if mask != 0 {
                         self.check_barrier(w, inst, mask, pc)?;
                     }
+                    w.at_bar |= mask;
+                    w.cur += 1;
+                    w.store_active_pc();
+                    w.reschedule();
+                }
+                Op::BarRed(kind) => {
+                    if mask != 0 {
+                        self.check_barrier(w, inst, mask, pc)?;
+                    }
+                    for l in Lanes(mask) {
+                        let p = self.val(w, inst.src[2], l) != 0;
+                        self.red_count += p as u32;
+                        self.red_all &= p;
+                        self.red_any |= p;
+                    }
+                    w.red_lanes |= mask;
+                    w.red_dst = inst.dst[0];
+                    w.red_kind = Some(kind);
                     w.at_bar |= mask;
                     w.cur += 1;
                     w.store_active_pc();
@@ -1423,7 +1469,46 @@ impl<'a> BlockExec<'a> {
                 }
             }
             Op::Nop | Op::BarWarp | Op::Trap => {}
-            Op::Unsupported(_) | Op::Bra | Op::Exit | Op::Bar => {
+            Op::AssertFail => {
+                let lane = mask.trailing_zeros() as usize;
+                let arg = |i: usize| -> u64 {
+                    let off = self.val(w, inst.src[i], lane) as usize;
+                    let base = lane * self.ctx.kernel.local_size as usize + off;
+                    w.local.get(base..base + 8).map_or(0, read_le)
+                };
+                let (msg, file, line, func) = (arg(0), arg(1), arg(2) as u32, arg(3));
+                let msg = self.read_cstr(w, msg, lane, pc)?;
+                let file = self.read_cstr(w, file, lane, pc)?;
+                let func = self.read_cstr(w, func, lane, pc)?;
+                return Err(self.fault(
+                    lane,
+                    pc,
+                    format!("device assertion `{msg}` failed at {file}:{line} in `{func}`"),
+                ));
+            }
+            Op::Printf => {
+                for lane in Lanes(mask) {
+                    let local = lane * self.ctx.kernel.local_size as usize;
+                    let arg = |o: Operand| -> u64 {
+                        let base = local + self.val(w, o, lane) as usize;
+                        w.local.get(base..base + 8).map_or(0, read_le)
+                    };
+                    let (fmt, args) = (arg(inst.src[0]), arg(inst.src[1]));
+                    let fmt = self.read_cstr(w, fmt, lane, pc)?;
+                    let text = self.format_printf(w, &fmt, args, lane, pc)?;
+                    log::info!("device printf: {}", text.trim_end());
+                    if let Ok(mut out) = self.ctx.printf.lock() {
+                        out.push(text.clone());
+                    }
+                    if let Operand::Imm(off) = inst.dst[0] {
+                        let base = local + off as usize;
+                        if let Some(b) = w.local.get_mut(base..base + 4) {
+                            write_le(b, text.len() as u64);
+                        }
+                    }
+                }
+            }
+            Op::Unsupported(_) | Op::Bra | Op::Exit | Op::Bar | Op::BarRed(_) => {
                 let lane = mask.trailing_zeros() as usize;
                 return Err(self.fault(lane, pc, "internal: control instruction reached exec"));
             }
@@ -1510,6 +1595,121 @@ impl<'a> BlockExec<'a> {
             Self::write(w, inst.dst[1], lane, ok as u64);
         }
         Ok(())
+    }
+
+    /// Reads a NUL-terminated string (at most 4 KiB) at a generic address.
+    fn read_cstr(&mut self, w: &Warp, addr: u64, lane: usize, pc: usize) -> PtxResult<String> {
+        let loc = self.locate(Space::Generic, addr);
+        let mut bytes = Vec::new();
+        for i in 0..4096 {
+            let b = self.load(w, loc, i, 1, lane, pc)? as u8;
+            if b == 0 {
+                break;
+            }
+            bytes.push(b);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Formats device `printf` output: the arguments sit in a buffer at generic address
+    /// `args`, each aligned to its size (ints 4 bytes, longs, doubles and pointers 8).
+    fn format_printf(
+        &mut self,
+        w: &Warp,
+        fmt: &str,
+        args: u64,
+        lane: usize,
+        pc: usize,
+    ) -> PtxResult<String> {
+        let loc = self.locate(Space::Generic, args);
+        let mut off = 0u64;
+        let mut out = String::new();
+        let mut chars = fmt.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            let mut spec = String::new();
+            while let Some(&n) = chars.peek() {
+                if "-+ #0123456789.".contains(n) {
+                    spec.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let mut long = false;
+            while let Some(&n) = chars.peek() {
+                if "hlzjt".contains(n) {
+                    long |= matches!(n, 'l' | 'z' | 'j' | 't');
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let Some(conv) = chars.next() else { break };
+            let left = spec.starts_with('-');
+            let zero = spec
+                .trim_start_matches(['-', '+', ' ', '#'])
+                .starts_with('0');
+            let (width, prec) = match spec
+                .trim_start_matches(['-', '+', ' ', '#', '0'])
+                .split_once('.')
+            {
+                Some((w, p)) => (
+                    w.parse::<usize>().unwrap_or(0),
+                    Some(p.parse::<usize>().unwrap_or(0)),
+                ),
+                None => (
+                    spec.trim_start_matches(['-', '+', ' ', '#', '0'])
+                        .parse()
+                        .unwrap_or(0),
+                    None,
+                ),
+            };
+            let size: u32 = match conv {
+                'd' | 'i' | 'u' | 'x' | 'X' | 'o' | 'c' if !long => 4,
+                '%' => 0,
+                _ => 8,
+            };
+            let mut raw = 0;
+            if size > 0 {
+                off = off.div_ceil(size as u64) * size as u64;
+                raw = self.load(w, loc, off, size, lane, pc)?;
+                off += size as u64;
+            }
+            let body = match conv {
+                'd' | 'i' => {
+                    if size == 4 {
+                        (raw as u32 as i32).to_string()
+                    } else {
+                        (raw as i64).to_string()
+                    }
+                }
+                'u' => raw.to_string(),
+                'x' => format!("{raw:x}"),
+                'X' => format!("{raw:X}"),
+                'o' => format!("{raw:o}"),
+                'c' => ((raw as u8) as char).to_string(),
+                'p' => format!("{raw:#x}"),
+                's' => self.read_cstr(w, raw, lane, pc)?,
+                'f' | 'F' => format!("{:.*}", prec.unwrap_or(6), f64::from_bits(raw)),
+                'e' | 'E' => format!("{:.*e}", prec.unwrap_or(6), f64::from_bits(raw)),
+                'g' | 'G' | 'a' | 'A' => format!("{}", f64::from_bits(raw)),
+                '%' => "%".to_string(),
+                other => format!("%{other}"),
+            };
+            let pad = width.saturating_sub(body.chars().count());
+            if left {
+                out.push_str(&body);
+                out.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                out.extend(std::iter::repeat_n(if zero { '0' } else { ' ' }, pad));
+                out.push_str(&body);
+            }
+        }
+        Ok(out)
     }
 
     #[inline]
@@ -1650,6 +1850,7 @@ impl<'a> BlockExec<'a> {
     }
 
     /// Race and initialisation bookkeeping for one shared access.
+    #[inline]
     fn shadow_access(
         &mut self,
         off: usize,
@@ -1660,38 +1861,33 @@ impl<'a> BlockExec<'a> {
     ) -> PtxResult<()> {
         let tid = (self.cur_warp * 32 + lane as u32) as u16;
         let warp = self.cur_warp as u16;
-        let (epoch, step) = (self.epoch, self.step as u32);
+        let (epoch, step, block_epoch) = (self.epoch, self.step as u32, self.block_epoch);
         let races = self.ctx.options.check_shared_races && a != Access::Atomic;
         let uninit = self.ctx.options.check_uninitialized_shared && a != Access::Write;
-        for i in off..off + size as usize {
-            let sh = self.shadow[i];
-            if uninit && sh.w_epoch < self.block_epoch {
-                return Err(PtxError::UninitializedShared {
-                    site: self.site(lane, pc),
-                    address: i as u64,
-                });
+        let Some(cells) = self.shadow.get_mut(off..off + size as usize) else {
+            return Ok(());
+        };
+        let mut conflict = None;
+        for (i, sh) in cells.iter_mut().enumerate() {
+            if uninit && sh.w_epoch < block_epoch {
+                conflict = Some((i, None));
+                break;
             }
-            if races && sh.w_epoch == epoch && sh.w_tid != tid {
-                let other_warp = sh.w_tid as u32 / 32;
-                let conflict =
-                    other_warp != warp as u32 || (a == Access::Write && sh.w_step == step);
-                if conflict {
-                    return Err(self.race(i, a, "write", sh.w_tid, sh.w_pc, lane, pc));
+            if races {
+                if sh.w_epoch == epoch
+                    && sh.w_tid != tid
+                    && (sh.w_tid / 32 != warp || (a == Access::Write && sh.w_step == step))
+                {
+                    conflict = Some((i, Some(("write", sh.w_tid, sh.w_pc))));
+                    break;
                 }
-            }
-            if races
-                && a == Access::Write
-                && sh.r_epoch == epoch
-                && (sh.r_warp == MANY_WARPS || sh.r_warp != warp)
-            {
-                return Err(self.race(i, a, "read", sh.r_tid, sh.r_pc, lane, pc));
-            }
-            let sh = &mut self.shadow[i];
-            if a != Access::Read {
-                sh.w_epoch = epoch;
-                sh.w_step = step;
-                sh.w_tid = tid;
-                sh.w_pc = pc as u32;
+                if a == Access::Write
+                    && sh.r_epoch == epoch
+                    && (sh.r_warp == MANY_WARPS || sh.r_warp != warp)
+                {
+                    conflict = Some((i, Some(("read", sh.r_tid, sh.r_pc))));
+                    break;
+                }
             }
             if a == Access::Read {
                 if sh.r_epoch != epoch {
@@ -1702,9 +1898,23 @@ impl<'a> BlockExec<'a> {
                 } else if sh.r_warp != warp {
                     sh.r_warp = MANY_WARPS;
                 }
+            } else {
+                sh.w_epoch = epoch;
+                sh.w_step = step;
+                sh.w_tid = tid;
+                sh.w_pc = pc as u32;
             }
         }
-        Ok(())
+        match conflict {
+            None => Ok(()),
+            Some((i, None)) => Err(PtxError::UninitializedShared {
+                site: self.site(lane, pc),
+                address: (off + i) as u64,
+            }),
+            Some((i, Some((kind, other, other_pc)))) => {
+                Err(self.race(off + i, a, kind, other, other_pc, lane, pc))
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1884,13 +2094,26 @@ impl<'a> BlockExec<'a> {
 
 #[inline]
 fn read_le(b: &[u8]) -> u64 {
-    let mut buf = [0u8; 8];
-    buf[..b.len()].copy_from_slice(b);
-    u64::from_le_bytes(buf)
+    match b.len() {
+        4 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
+        8 => u64::from_le_bytes(b.try_into().unwrap_or([0; 8])),
+        2 => u16::from_le_bytes([b[0], b[1]]) as u64,
+        1 => b[0] as u64,
+        n => {
+            let mut buf = [0u8; 8];
+            buf[..n.min(8)].copy_from_slice(&b[..n.min(8)]);
+            u64::from_le_bytes(buf)
+        }
+    }
 }
 
 #[inline]
 fn write_le(b: &mut [u8], v: u64) {
-    let n = b.len();
-    b.copy_from_slice(&v.to_le_bytes()[..n]);
+    match b.len() {
+        4 => b.copy_from_slice(&(v as u32).to_le_bytes()),
+        8 => b.copy_from_slice(&v.to_le_bytes()),
+        2 => b.copy_from_slice(&(v as u16).to_le_bytes()),
+        1 => b[0] = v as u8,
+        n => b.copy_from_slice(&v.to_le_bytes()[..n.min(8)]),
+    }
 }

@@ -267,6 +267,14 @@ pub(crate) enum VoteMode {
     Ballot,
 }
 
+/// Reduction of `bar.red`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BarRed {
+    Popc,
+    And,
+    Or,
+}
+
 /// Property tested by `testp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TestKind {
@@ -369,7 +377,15 @@ pub(crate) enum Op {
     Bra,
     Exit,
     Bar,
+    /// `bar.red`: a block barrier that also reduces a predicate over the block.
+    BarRed(BarRed),
     BarWarp,
+    /// `call __assertfail`: a failed device-side `assert`; `src` hold the arguments' local
+    /// offsets (message, file, line, function).
+    AssertFail,
+    /// `call vprintf`: device `printf`; `src[0..2]` are the arguments' local offsets, `dst[0]`
+    /// the return value's (an immediate, or none).
+    Printf,
     Trap,
     Shfl(ShflMode),
     Vote(VoteMode),

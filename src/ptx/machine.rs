@@ -107,6 +107,8 @@ pub struct LaunchStats {
     pub elapsed: Duration,
     /// The traced thread's instructions, if [`LaunchOptions::trace_thread`] was set.
     pub trace: Vec<String>,
+    /// Output of device-side `printf`, one entry per call (also logged at `info` level).
+    pub printf: Vec<String>,
 }
 
 #[derive(Default)]
@@ -345,6 +347,7 @@ impl Machine {
         let abort = AtomicBool::new(false);
         let counters = [AtomicU64::new(0), AtomicU64::new(0)];
         let trace = Mutex::new(Vec::new());
+        let printf = Mutex::new(Vec::new());
         let ctx = LaunchCtx {
             kernel: k,
             regions: &regions,
@@ -359,6 +362,7 @@ impl Machine {
             abort: &abort,
             counters: &counters,
             trace: &trace,
+            printf: &printf,
         };
         let run = |range: std::ops::Range<u64>| -> Vec<(u64, PtxError)> {
             let mut errors = Vec::new();
@@ -400,6 +404,7 @@ impl Machine {
             thread_instructions: counters[1].load(Ordering::Relaxed),
             elapsed: start.elapsed(),
             trace: trace.into_inner().unwrap_or_else(|e| e.into_inner()),
+            printf: printf.into_inner().unwrap_or_else(|e| e.into_inner()),
         })
     }
 }

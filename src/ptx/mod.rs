@@ -74,7 +74,10 @@
 //!   writing the same byte in one instruction is a race. (On Volta and later, intra-warp
 //!   ordering through shared memory formally needs `__syncwarp`; such bugs are not reported.)
 //! - optionally, reads of shared bytes that no thread wrote during the block
-//!   ([`LaunchOptions::check_uninitialized_shared`]).
+//!   ([`LaunchOptions::check_uninitialized_shared`]);
+//! - a failed device-side `assert` ([`PtxError::Fault`] with the assertion text, file, line).
+//!
+//! Device `printf` output is returned in [`LaunchStats::printf`] and logged at `info` level.
 //!
 //! # Tracing one thread
 //!
@@ -91,8 +94,9 @@
 //! # Limitations
 //!
 //! Unsupported, reported as [`PtxError::Unsupported`] at launch (and listed by
-//! [`unsupported_opcodes`]): device-function `call`s (inline them), carry arithmetic
-//! (`add.cc`, `addc`, ...), `bar.arrive`/`bar.red`, barriers over a subset of the block,
+//! [`unsupported_opcodes`]): `call`s of device functions (inline them; the runtime's
+//! `vprintf` and `__assertfail` are supported), carry arithmetic (`add.cc`, `addc`, ...),
+//! `bar.arrive`, barriers over a subset of the block,
 //! packed half arithmetic (`.f16x2`), tensor-core instructions (`mma`, `ldmatrix`, `wmma`),
 //! texture and surface instructions, `prmt` modes other than the default, indirect branches.
 //! Directed rounding (`.rz/.rm/.rp`) is exact for f32 `add/sub/mul/fma/div` and f64

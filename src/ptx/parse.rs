@@ -40,9 +40,16 @@ struct RawInst {
 #[derive(Clone, Copy)]
 enum Sym {
     Param(u32),
+    /// A call-sequence `.param` inside a body; it lives in the thread's local memory.
+    CallParam(u32),
     Shared(u32),
     Local(u32),
 }
+
+/// Marks a scope entry as a call parameter rather than a register.
+const CALL_PARAM_FLAG: u32 = 1 << 31;
+/// Prefix of the unique names call parameters get (not a valid PTX identifier start).
+const CALL_PARAM_PREFIX: &str = "@callparam";
 
 struct Parser<'a> {
     src: &'a str,
@@ -349,6 +356,8 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
 /// A kernel body before decoding.
 struct RawKernel {
     name: String,
+    /// Local-memory offsets of call-sequence parameters.
+    call_params: Vec<u32>,
     params: Vec<ParamInfo>,
     param_size: u32,
     insts: Vec<RawInst>,
@@ -395,6 +404,7 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
     }
     let mut k = RawKernel {
         name,
+        call_params: Vec::new(),
         params,
         param_size,
         insts: Vec::new(),
@@ -459,9 +469,17 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
                     continue;
                 }
                 ".param" => {
-                    // Call-sequence parameter declarations; `call` itself is unsupported.
-                    parse_var_decl(p)?;
+                    // A call-sequence parameter: a slot in local memory, scoped like a register
+                    // because every call sequence reuses the names `param0`, `retval0`, ...
+                    let v = parse_var_decl(p)?;
                     p.expect_punct(';')?;
+                    let off = align_up(k.local_size, v.align);
+                    k.local_size = off + v.size as u32;
+                    let unique = format!("{CALL_PARAM_PREFIX}{}", k.call_params.len());
+                    k.syms.insert(unique, Sym::CallParam(off));
+                    let scope = scopes.last_mut().expect("scope");
+                    scope.insert(v.name, CALL_PARAM_FLAG | k.call_params.len() as u32);
+                    k.call_params.push(off);
                     continue;
                 }
                 ".pragma" => {
@@ -660,6 +678,12 @@ fn parse_simple_operand(p: &mut Parser, scopes: &[HashMap<String, u32>]) -> PtxR
         return Ok(RawOp::Sink);
     }
     if let Some(r) = lookup_reg(scopes, &name) {
+        if r & CALL_PARAM_FLAG != 0 {
+            return Ok(RawOp::Name(format!(
+                "{CALL_PARAM_PREFIX}{}",
+                r & !CALL_PARAM_FLAG
+            )));
+        }
         return Ok(RawOp::Reg(r));
     }
     Ok(RawOp::Name(name))
@@ -845,6 +869,68 @@ fn literal_bits(l: Literal, neg: bool, ty: Ty) -> u64 {
 }
 
 impl Decoder<'_> {
+    /// The state space of an access; `.param` accesses to call parameters go to local memory.
+    fn space_of(&self, m: &Mods, addr: &RawOp) -> Space {
+        let space = m.space();
+        if space == Space::Param && self.is_call_param(addr) {
+            return Space::Local;
+        }
+        space
+    }
+
+    fn is_call_param(&self, r: &RawOp) -> bool {
+        match r {
+            RawOp::Addr(Some(b), _) => self.is_call_param(b),
+            RawOp::Name(n) => matches!(self.syms.get(n), Some(Sym::CallParam(_))),
+            _ => false,
+        }
+    }
+
+    /// `call`: only the runtime's `__assertfail` and `vprintf` are implemented.
+    fn decode_call(&self, ops: &[RawOp], inst: &mut Inst) -> Result<(), String> {
+        let callee = ops
+            .iter()
+            .position(|o| matches!(o, RawOp::Name(_)) && !self.is_call_param(o));
+        let Some(ci) = callee else {
+            return Err("call without a callee".into());
+        };
+        let RawOp::Name(name) = &ops[ci] else {
+            return Err("bad callee".into());
+        };
+        let offset = |o: &RawOp| -> Result<Operand, String> {
+            match o {
+                RawOp::Name(n) => match self.syms.get(n) {
+                    Some(Sym::CallParam(off)) => Ok(Operand::Imm(*off as u64)),
+                    _ => Err(format!("call argument `{n}` is not a call parameter")),
+                },
+                _ => Err("call arguments must be parameters".into()),
+            }
+        };
+        let args = &ops[ci + 1..];
+        match name.as_str() {
+            "__assertfail" if args.len() >= 4 => {
+                inst.op = Op::AssertFail;
+                for i in 0..4 {
+                    inst.src[i] = offset(&args[i])?;
+                }
+            }
+            "vprintf" if args.len() == 2 => {
+                inst.op = Op::Printf;
+                inst.src[0] = offset(&args[0])?;
+                inst.src[1] = offset(&args[1])?;
+                if ci > 0 {
+                    inst.dst[0] = offset(&ops[0])?;
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "calls to device functions (`{name}`) are not implemented; inline the \
+                     callee (`__forceinline__`)"
+                ))
+            }
+        }
+        Ok(())
+    }
     fn operand(&self, r: &RawOp, ty: Ty) -> Result<Operand, String> {
         Ok(match r {
             RawOp::Reg(i) => Operand::Reg(*i),
@@ -859,7 +945,9 @@ impl Decoder<'_> {
                     Operand::Special(s)
                 } else if let Some(s) = self.syms.get(n) {
                     match *s {
-                        Sym::Param(o) | Sym::Shared(o) | Sym::Local(o) => Operand::Imm(o as u64),
+                        Sym::Param(o) | Sym::Shared(o) | Sym::Local(o) | Sym::CallParam(o) => {
+                            Operand::Imm(o as u64)
+                        }
                     }
                 } else if let Some(&g) = self.globals.get(n) {
                     Operand::Global(g)
@@ -1195,7 +1283,7 @@ impl Decoder<'_> {
                 }
                 let n = self.vector(&ops[0], inst.ty, &mut inst.dst)?;
                 inst.op = Op::Ld {
-                    space: m.space(),
+                    space: self.space_of(&m, &ops[1]),
                     vec: n as u8,
                 };
                 if n as u8 != m.vec() {
@@ -1211,7 +1299,7 @@ impl Decoder<'_> {
                 }
                 let n = self.vector(&ops[1], inst.ty, &mut inst.src)?;
                 inst.op = Op::St {
-                    space: m.space(),
+                    space: self.space_of(&m, &ops[0]),
                     vec: n as u8,
                 };
                 if n as u8 != m.vec() {
@@ -1287,8 +1375,31 @@ impl Decoder<'_> {
             "bar" | "barrier" => {
                 if m.has("warp") {
                     inst.op = Op::BarWarp;
-                } else if m.has("arrive") || m.has("red") {
-                    return Err("`bar.arrive` and `bar.red` are not implemented".into());
+                } else if m.has("red") {
+                    // `bar.red.popc.u32 d, id, p` / `bar.red.and.pred d, id, p`.
+                    need(3)?;
+                    let kind = if m.has("popc") {
+                        BarRed::Popc
+                    } else if m.has("and") {
+                        BarRed::And
+                    } else {
+                        BarRed::Or
+                    };
+                    inst.op = Op::BarRed(kind);
+                    inst.ty = m.ty(0)?;
+                    inst.dst[0] = self.operand(&ops[0], inst.ty)?;
+                    inst.src[0] = self.operand(&ops[1], Ty::U32)?;
+                    let (count, pred) = if ops.len() == 4 {
+                        (Some(&ops[2]), &ops[3])
+                    } else {
+                        (None, &ops[2])
+                    };
+                    inst.src[2] = self.operand(pred, Ty::Pred)?;
+                    if let Some(c) = count {
+                        inst.src[1] = self.operand(c, Ty::U32)?;
+                    }
+                } else if m.has("arrive") {
+                    return Err("`bar.arrive` is not implemented".into());
                 } else {
                     need(1)?;
                     inst.op = Op::Bar;
@@ -1364,13 +1475,7 @@ impl Decoder<'_> {
                 inst.src[0] = self.operand(&ops[1], inst.ty)?;
                 inst.src[1] = self.operand(&ops[2], Ty::U32)?;
             }
-            "call" => {
-                return Err(
-                    "device-function calls are not implemented; inline the callee \
-                            (`__forceinline__`)"
-                        .into(),
-                )
-            }
+            "call" => self.decode_call(ops, &mut inst)?,
             _ => return Err("unknown instruction".into()),
         }
         Ok(inst)

@@ -3,6 +3,7 @@
 // arrays, CAS loops, warp intrinsics and 3D indexing. Checked in tests/ptx_coverage.rs.
 
 #include <stdint.h>
+#include <cstdio>
 
 // cuda_fp16.h needs CCCL headers the pip toolkit lacks; these are the conversions it emits.
 __device__ __forceinline__ unsigned short f32_to_f16_bits(float v) {
@@ -151,4 +152,15 @@ extern "C" __global__ void libm_mix(const float* x, float* out, int n) {
     out[4 * i + 1] = erff(v) + log1pf(fabsf(v));
     out[4 * i + 2] = fmodf(v, 1.3f) + __saturatef(v) + __fdividef(v, 3.0f);
     out[4 * i + 3] = expf(v) + exp2f(v * 0.5f) + log2f(fabsf(v) + 1.0f);
+}
+
+// Barrier reductions (bar.red) and device printf (a vprintf call).
+extern "C" __global__ void barrier_reductions(const float* x, int* out) {
+    float v = x[threadIdx.x];
+    int count = __syncthreads_count(v > 0.0f);
+    int all = __syncthreads_and(v > -100.0f);
+    int any = __syncthreads_or(v > 50.0f);
+    out[threadIdx.x] = count * 4 + all * 2 + any;
+    if (threadIdx.x == 3)
+        printf("thread %d of %u: count %d, v=%.2f %s\n", threadIdx.x, blockDim.x, count, v, "ok");
 }

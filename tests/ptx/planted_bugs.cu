@@ -1,6 +1,8 @@
 // Kernels with planted bugs; tests/ptx_checks.rs asserts the interpreter reports each one.
 // Regenerate planted_bugs.ptx with tests/ptx/regen.sh.
 
+#include <cassert>
+
 // Off-by-one bound: `<=` reads and writes one element past the end.
 extern "C" __global__ void scale_off_by_one(const float* x, float* y, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -51,4 +53,9 @@ extern "C" __global__ void reads_unwritten_shared(float* y) {
     if (t % 2 == 0) s[t] = (float)t;
     __syncthreads();
     y[t] = s[t ^ 1];
+}
+
+// A device-side assert that fails for negative inputs.
+extern "C" __global__ void asserts_non_negative(const float* x) {
+    assert(x[threadIdx.x] >= 0.0f);
 }
