@@ -12,6 +12,13 @@ fn upload(m: &Machine, v: &[f32]) -> u64 {
     a
 }
 
+/// CPU time this thread has run, from Linux's scheduler statistics (None elsewhere). The
+/// machines that run this bench are shared, so per-CPU-second figures are the stable ones.
+fn thread_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+}
+
 fn bench_kernels(c: &mut Criterion) {
     let module = Module::parse(KERNELS).unwrap();
     let mut group = c.benchmark_group("ptx_interp");
@@ -61,12 +68,25 @@ fn bench_kernels(c: &mut Criterion) {
             stats.thread_instructions,
             stats.thread_instructions as f64 / stats.elapsed.as_secs_f64() / 1e6
         );
+        if label == "one_thread" {
+            if let Some(t0) = thread_cpu_seconds() {
+                let reps = 10;
+                for _ in 0..reps {
+                    launch();
+                }
+                let cpu = thread_cpu_seconds().unwrap_or(t0) - t0;
+                eprintln!(
+                    "matmul 128^3 on one thread: {:.1} M thread-instructions per CPU-second",
+                    (reps * stats.thread_instructions) as f64 / cpu / 1e6
+                );
+            }
+        }
         group.throughput(Throughput::Elements(stats.thread_instructions));
         group.bench_function(format!("matmul_tiled_128_{label}"), |b| b.iter(launch));
     }
 
     let m = Machine::default();
-    let n = 1 << 18;
+    let n: usize = 1 << 18;
     let x: Vec<f32> = (0..n).map(|i| (i % 5) as f32).collect();
     let (dx, dout) = (upload(&m, &x), upload(&m, &[0.0]));
     let kern = module.kernel("block_sum_f32").unwrap();

@@ -234,7 +234,7 @@ fn cas_loops_and_integer_atomics() {
         "atomics_mix",
         [12, 1, 1],
         [256, 1, 1],
-        args(&[dx, dfmax, dimax, dinc, dsum], &[n as i32]),
+        args(&[dx, dfmax, dimax, dinc, dsum], &[n]),
     );
     let fmax = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     assert_eq!(download::<f32>(&m, dfmax, 1)[0], fmax);

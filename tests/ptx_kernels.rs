@@ -50,7 +50,8 @@ fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let excess = err - (atol + rtol * w.abs());
-        if !(excess <= 0.0) && (excess > worst.1 || excess.is_nan() || worst.1 == 0.0) {
+        let bad = excess.is_nan() || excess > 0.0;
+        if bad && (excess.is_nan() || excess > worst.1 || worst.1 == 0.0) {
             worst = (
                 i,
                 if excess.is_nan() {
@@ -190,7 +191,7 @@ fn histogram_with_shared_and_global_atomics() {
     let module = module();
     let m = Machine::default();
     let mut rng = StdRng::seed_from_u64(4);
-    let (n, bins) = (20_000, 37);
+    let (n, bins): (usize, usize) = (20_000, 37);
     let v: Vec<u32> = (0..n).map(|_| rng.random()).collect();
     let (dv, dh) = (upload_u32(&m, &v), upload_u32(&m, &vec![0; bins]));
     let k = module.kernel("histogram_u32").unwrap();
@@ -243,7 +244,7 @@ fn tiled_matmul_matches_host_bit_for_bit() {
     let m = Machine::default();
     let mut rng = StdRng::seed_from_u64(5);
     // Odd sizes exercise the edge tiles.
-    let (mm, n, k) = (45, 33, 70);
+    let (mm, n, k): (usize, usize, usize) = (45, 33, 70);
     let (a, b) = (
         random_f32(&mut rng, mm * k, -1.0, 1.0),
         random_f32(&mut rng, k * n, -1.0, 1.0),

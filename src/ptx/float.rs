@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(add32(a, b, Rnd::Rp), next_up32(1.0));
         assert_eq!(add32(-a, -b, Rnd::Rm), -next_up32(1.0));
         assert_eq!(add32(-a, -b, Rnd::Rz), -1.0);
-        assert_eq!(fma32(3.0, 1.0 / 3.0, 0.0, Rnd::Rm) <= 1.0, true);
+        assert!(fma32(3.0, 1.0 / 3.0, 0.0, Rnd::Rm) <= 1.0);
         assert_eq!(round_integral(2.5, Rnd::Rni), 2.0);
         assert_eq!(round_integral(-2.5, Rnd::Rni), -2.0);
         assert_eq!(round_integral(3.5, Rnd::Rni), 4.0);

@@ -652,9 +652,7 @@ fn parse_simple_operand(p: &mut Parser, scopes: &[HashMap<String, u32>]) -> PtxR
         let mut offset: i64 = 0;
         if let Some(Tok::Ident(_)) = p.peek() {
             base = Some(Box::new(parse_simple_operand(p, scopes)?));
-            if p.eat_punct('+') {
-                offset = p.number()? as i64;
-            } else if p.is_punct('-') {
+            if p.eat_punct('+') || p.is_punct('-') {
                 offset = p.number()? as i64;
             }
         } else {
@@ -910,8 +908,8 @@ impl Decoder<'_> {
         match name.as_str() {
             "__assertfail" if args.len() >= 4 => {
                 inst.op = Op::AssertFail;
-                for i in 0..4 {
-                    inst.src[i] = offset(&args[i])?;
+                for (i, a) in args.iter().take(4).enumerate() {
+                    inst.src[i] = offset(a)?;
                 }
             }
             "vprintf" if args.len() == 2 => {
