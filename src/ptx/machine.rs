@@ -89,9 +89,54 @@ impl Default for LaunchOptions {
             parallel: true,
             trace_thread: None,
             trace_to_stderr: false,
-            max_warp_steps_per_block: Some(1 << 32),
+            max_warp_steps_per_block: Some(1 << 30),
         }
     }
+}
+
+impl LaunchOptions {
+    /// The defaults, changed by environment variables so a whole program can be checked or
+    /// traced without code changes:
+    /// - `LABELWISE_PTX_RACES=0` turns the shared-memory race check off;
+    /// - `LABELWISE_PTX_UNINIT=1` turns the uninitialised-shared-read check on;
+    /// - `LABELWISE_PTX_SERIAL=1` runs blocks one after another, in order;
+    /// - `LABELWISE_PTX_TRACE=bx,by,bz:tx,ty,tz` traces that thread to stderr in every launch.
+    pub fn from_env() -> LaunchOptions {
+        let mut o = LaunchOptions::default();
+        let flag = |name: &str| std::env::var(name).ok().map(|v| v.trim() != "0");
+        if let Some(v) = flag("LABELWISE_PTX_RACES") {
+            o.check_shared_races = v;
+        }
+        if let Some(v) = flag("LABELWISE_PTX_UNINIT") {
+            o.check_uninitialized_shared = v;
+        }
+        if let Some(v) = flag("LABELWISE_PTX_SERIAL") {
+            o.parallel = !v;
+        }
+        if let Ok(spec) = std::env::var("LABELWISE_PTX_TRACE") {
+            match parse_trace_spec(&spec) {
+                Some(t) => {
+                    o.trace_thread = Some(t);
+                    o.trace_to_stderr = true;
+                }
+                None => log::warn!("LABELWISE_PTX_TRACE={spec:?} is not `bx,by,bz:tx,ty,tz`"),
+            }
+        }
+        o
+    }
+}
+
+/// Parses `bx,by,bz:tx,ty,tz` (missing trailing coordinates are 0).
+pub(crate) fn parse_trace_spec(spec: &str) -> Option<([u32; 3], [u32; 3])> {
+    let (b, t) = spec.split_once(':')?;
+    let triple = |s: &str| -> Option<[u32; 3]> {
+        let mut out = [0u32; 3];
+        for (i, part) in s.split(',').enumerate() {
+            *out.get_mut(i)? = part.trim().parse().ok()?;
+        }
+        Some(out)
+    };
+    Some((triple(b)?, triple(t)?))
 }
 
 /// What a launch did.

@@ -490,3 +490,63 @@ fn trace_shows_predicated_off_instructions() {
         "{t}"
     );
 }
+
+#[test]
+fn host_memory_operations_and_module_globals() {
+    let ptx = format!(
+        "{HEADER}.global .align 4 .b8 table[8] = {{1, 2, 3, 4, 5, 6, 7, 8}};
+.visible .entry k(.param .u64 out)
+{{
+    .reg .b32 %r<4>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [out];
+    mov.u64 %rd2, table;
+    ld.global.u32 %r1, [%rd2+4];
+    st.global.u32 [%rd1], %r1;
+    ret;
+}}
+"
+    );
+    let module = Module::parse(&ptx).unwrap();
+    let m = Machine::default();
+    let out = m.alloc(16);
+    m.memset(out, 0xAB, 16).unwrap();
+    m.launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap();
+    let mut b = [0u8; 8];
+    m.read(out, &mut b).unwrap();
+    assert_eq!(b, [5, 6, 7, 8, 0xAB, 0xAB, 0xAB, 0xAB]);
+
+    // Like cuModuleGetGlobal + cuMemcpyHtoD: rewrite the table, launch again.
+    let table = m.global_address(&module, "table").unwrap();
+    m.write(table + 4, &[9, 9, 9, 9]).unwrap();
+    m.launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap();
+    let other = m.alloc(16);
+    m.copy(other, out, 16).unwrap();
+    m.read(other, &mut b).unwrap();
+    assert_eq!(&b[..4], &[9, 9, 9, 9]);
+
+    assert!(
+        m.write(out + 12, &[0; 8]).is_err(),
+        "host writes are bounds-checked"
+    );
+    m.free(other).unwrap();
+    assert!(m.free(other).is_err(), "double free is an error");
+    let kernel = module.kernel("k").unwrap();
+    assert!(
+        kernel.pack_params(&[&[0u8; 4]]).is_err(),
+        "argument sizes are checked"
+    );
+    assert_eq!(kernel.params()[0].size, 8);
+}
+
+#[test]
+fn trace_spec_parses() {
+    assert_eq!(
+        super::machine::parse_trace_spec("1,2,0:3"),
+        Some(([1, 2, 0], [3, 0, 0]))
+    );
+    assert_eq!(super::machine::parse_trace_spec("1:2:3"), None);
+    assert_eq!(super::machine::parse_trace_spec("x:1"), None);
+}
