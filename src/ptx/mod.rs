@@ -91,6 +91,41 @@
 //!    36  fma.rn.f32 %f4, %f1, %f2, %f3;    -> %f4 = 4 (0x40800000)
 //! ```
 //!
+//! # Supported instructions
+//!
+//! - Integer: `add sub mul(.lo/.hi/.wide) mad(.lo/.hi/.wide) mul24 mad24 sad div rem abs neg
+//!   min max`, `.sat` on `s32` add/sub; bits: `and or xor not cnot shl shr bfe bfi popc clz
+//!   brev bfind prmt lop3 shf`.
+//! - Float (f32, f64; f16/bf16 for the basic ops): `add sub mul fma mad div(.rn/.full/.approx)
+//!   abs neg min max(.NaN) copysign rcp sqrt rsqrt ex2 lg2 sin cos tanh testp`, with `.ftz`,
+//!   `.sat` and rounding modifiers.
+//! - Compare and select: `setp` (all comparisons incl. unordered, `.and/.or/.xor` combining,
+//!   `p|q` outputs), `set`, `selp`, `slct`.
+//! - Conversion: `cvt` between every integer and float type (f16, bf16, f32, f64) with
+//!   `.rn/.rz/.rm/.rp/.rni/.rzi/.rmi/.rpi`, `.sat`, `.ftz`; `cvta(.to)` for every space;
+//!   `mov` (registers, immediates, special registers, symbol addresses, vector pack/unpack).
+//! - Memory: `ld ldu st` (`.global .shared .local .param .const`, generic; `.v2/.v4`; `.nc`,
+//!   `.volatile`, cache and ordering qualifiers accepted), `atom red` (`add min max inc dec exch
+//!   cas and or xor`, integer, f32 and f64), `cp.async` (done at once), `membar fence
+//!   prefetch` (no-ops: memory is sequentially consistent per host thread).
+//! - Control: `bra(.uni) exit ret trap`, `bar.sync`/`barrier.sync`, `bar.red.popc/.and/.or`,
+//!   `bar.warp.sync`; warp: `shfl.sync` (up/down/bfly/idx with clamp and segment masks),
+//!   `vote.sync` (all/any/uni/ballot), `activemask`, `redux.sync`, `match.any/.all.sync`;
+//!   `call` of `vprintf` and `__assertfail`.
+//! - Special registers: `%tid %ntid %ctaid %nctaid %laneid %warpid %nwarpid %smid %nsmid
+//!   %gridid %clock %clock64 %globaltimer %lanemask_* %dynamic_smem_size %total_smem_size`.
+//!
+//! # Plugging into the CUDA backend
+//!
+//! The device layer maps one to one: `alloc` → [`Machine::alloc`] (returns the device
+//! address), `free` → [`Machine::free`], `copy_h2d`/`copy_d2h`/`memset`/device copy →
+//! [`Machine::write`]/[`Machine::read`]/[`Machine::memset`]/[`Machine::copy`],
+//! `load_module(ptx)` → [`Module::parse`] (keep the `Module`, e.g. in an `Arc`, and reuse it),
+//! `launch` → [`Machine::launch`] with the parameter struct's bytes, `synchronize` → nothing
+//! (a launch returns when it is done). Create the machine with
+//! `Machine::new(LaunchOptions::from_env())` so the environment can turn on checks and traces.
+//! [`PtxError`] converts into the crate's error (`Error::Cuda`).
+//!
 //! # Limitations
 //!
 //! Unsupported, reported as [`PtxError::Unsupported`] at launch (and listed by
