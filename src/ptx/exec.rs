@@ -809,6 +809,69 @@ fn alu(inst: &Inst, s: [u64; 4]) -> u64 {
     }
 }
 
+/// A specialised lane loop for the most frequent instruction forms (see [`classify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Fast {
+    /// Use the general per-lane [`alu`].
+    #[default]
+    None,
+    AddU32,
+    AddU64,
+    SubU32,
+    SubU64,
+    MulLoU32,
+    MulLoU64,
+    MulWideU32,
+    MulWideS32,
+    MadLoU32,
+    ShlB32,
+    ShlB64,
+    ShrU32,
+    AndB,
+    OrB,
+    XorB,
+    Mov32,
+    Mov64,
+    AddF32,
+    SubF32,
+    MulF32,
+    FmaF32,
+    Selp,
+}
+
+/// Picks the specialised loop for an instruction whose result equals [`alu`]'s, if any.
+pub(crate) fn classify(inst: &Inst) -> Fast {
+    use Ty::*;
+    let plain_float = !inst.ftz && !inst.sat && matches!(inst.rnd, Rnd::None | Rnd::Rn);
+    let int32 = matches!(inst.ty, U32 | S32 | B32);
+    let int64 = matches!(inst.ty, U64 | S64 | B64);
+    match inst.op {
+        Op::Add if int32 && !inst.sat => Fast::AddU32,
+        Op::Add if int64 => Fast::AddU64,
+        Op::Sub if int32 && !inst.sat => Fast::SubU32,
+        Op::Sub if int64 => Fast::SubU64,
+        Op::Mul(MulMode::Lo) if int32 => Fast::MulLoU32,
+        Op::Mul(MulMode::Lo) if int64 => Fast::MulLoU64,
+        Op::Mul(MulMode::Wide) if inst.ty == U32 => Fast::MulWideU32,
+        Op::Mul(MulMode::Wide) if inst.ty == S32 => Fast::MulWideS32,
+        Op::Mad(MulMode::Lo) if int32 => Fast::MadLoU32,
+        Op::Shl if int32 => Fast::ShlB32,
+        Op::Shl if int64 => Fast::ShlB64,
+        Op::Shr if matches!(inst.ty, U32 | B32) => Fast::ShrU32,
+        Op::And if int32 || int64 || inst.ty == Pred => Fast::AndB,
+        Op::Or if int32 || int64 || inst.ty == Pred => Fast::OrB,
+        Op::Xor if int32 || int64 || inst.ty == Pred => Fast::XorB,
+        Op::Mov if int32 || inst.ty == F32 => Fast::Mov32,
+        Op::Mov if int64 || inst.ty == F64 => Fast::Mov64,
+        Op::Add if inst.ty == F32 && plain_float => Fast::AddF32,
+        Op::Sub if inst.ty == F32 && plain_float => Fast::SubF32,
+        Op::Mul(_) if inst.ty == F32 && plain_float => Fast::MulF32,
+        Op::Fma if inst.ty == F32 && plain_float => Fast::FmaF32,
+        Op::Selp if inst.ty != Pred => Fast::Selp,
+        _ => Fast::None,
+    }
+}
+
 /// Atomic read-modify-write: the new value from the old one.
 fn rmw(op: AtomOp, ty: Ty, old: u64, b: u64, c: u64) -> u64 {
     let bits = ty.bits();
@@ -1289,6 +1352,42 @@ impl<'a> BlockExec<'a> {
         }) as u64
     }
 
+    /// The values of operand `o` in all 32 lanes.
+    #[inline(always)]
+    fn gather(&self, w: &Warp, o: Operand) -> [u64; 32] {
+        match o {
+            Operand::Reg(r) => {
+                let b = r as usize * 32;
+                let mut v = [0u64; 32];
+                v.copy_from_slice(&w.regs[b..b + 32]);
+                v
+            }
+            Operand::Imm(v) => [v; 32],
+            Operand::None => [0; 32],
+            Operand::Global(g) => [self.ctx.globals[g as usize]; 32],
+            Operand::NotReg(r) => {
+                let b = r as usize * 32;
+                std::array::from_fn(|l| (w.regs[b + l] == 0) as u64)
+            }
+            Operand::Special(s) => std::array::from_fn(|l| self.special(s, l)),
+        }
+    }
+
+    /// Writes the lanes of `mask` from `vals` into register `d`.
+    #[inline(always)]
+    fn scatter(w: &mut Warp, d: Operand, vals: &[u64; 32], mask: u32) {
+        if let Operand::Reg(r) = d {
+            let b = r as usize * 32;
+            if mask == u32::MAX {
+                w.regs[b..b + 32].copy_from_slice(vals);
+            } else {
+                for l in Lanes(mask) {
+                    w.regs[b + l] = vals[l];
+                }
+            }
+        }
+    }
+
     #[inline]
     fn write(w: &mut Warp, d: Operand, lane: usize, v: u64) {
         if let Operand::Reg(r) = d {
@@ -1513,19 +1612,96 @@ impl<'a> BlockExec<'a> {
                 return Err(self.fault(lane, pc, "internal: control instruction reached exec"));
             }
             _ => {
-                let Operand::Reg(d) = inst.dst[0] else {
+                // Pure per-lane arithmetic: computed for all 32 lanes on copies of the source
+                // registers (inactive lanes' results are dropped), which lets the hot cases
+                // below vectorize.
+                if !matches!(inst.dst[0], Operand::Reg(_)) {
                     return Ok(());
-                };
-                let base = d as usize * 32;
-                for lane in Lanes(mask) {
-                    let s = [
-                        self.val(w, inst.src[0], lane),
-                        self.val(w, inst.src[1], lane),
-                        self.val(w, inst.src[2], lane),
-                        self.val(w, inst.src[3], lane),
-                    ];
-                    w.regs[base + lane] = alu(inst, s);
                 }
+                let a = self.gather(w, inst.src[0]);
+                let b = self.gather(w, inst.src[1]);
+                let mut d = [0u64; 32];
+                let m = mask_of(inst.ty.bits());
+                macro_rules! lanes {
+                    ($f:expr) => {{
+                        let f = $f;
+                        for i in 0..32 {
+                            d[i] = f(a[i], b[i]);
+                        }
+                    }};
+                }
+                match inst.fast {
+                    Fast::AddU32 => lanes!(|x: u64, y: u64| x.wrapping_add(y) & 0xffff_ffff),
+                    Fast::AddU64 => lanes!(|x: u64, y: u64| x.wrapping_add(y)),
+                    Fast::SubU32 => lanes!(|x: u64, y: u64| x.wrapping_sub(y) & 0xffff_ffff),
+                    Fast::SubU64 => lanes!(|x: u64, y: u64| x.wrapping_sub(y)),
+                    Fast::MulLoU32 => lanes!(|x: u64, y: u64| x.wrapping_mul(y) & 0xffff_ffff),
+                    Fast::MulLoU64 => lanes!(|x: u64, y: u64| x.wrapping_mul(y)),
+                    Fast::MulWideU32 => {
+                        lanes!(|x: u64, y: u64| (x & 0xffff_ffff) * (y & 0xffff_ffff))
+                    }
+                    Fast::MulWideS32 => lanes!(|x: u64, y: u64| {
+                        ((x as u32 as i32 as i64) * (y as u32 as i32 as i64)) as u64
+                    }),
+                    Fast::ShlB32 => lanes!(|x: u64, y: u64| {
+                        let n = y & 0xffff_ffff;
+                        if n >= 32 {
+                            0
+                        } else {
+                            (x << n) & 0xffff_ffff
+                        }
+                    }),
+                    Fast::ShlB64 => lanes!(|x: u64, y: u64| {
+                        let n = y & 0xffff_ffff;
+                        if n >= 64 {
+                            0
+                        } else {
+                            x << n
+                        }
+                    }),
+                    Fast::ShrU32 => lanes!(|x: u64, y: u64| {
+                        let n = y & 0xffff_ffff;
+                        if n >= 32 {
+                            0
+                        } else {
+                            (x & 0xffff_ffff) >> n
+                        }
+                    }),
+                    Fast::AndB => lanes!(|x: u64, y: u64| x & y & m),
+                    Fast::OrB => lanes!(|x: u64, y: u64| (x | y) & m),
+                    Fast::XorB => lanes!(|x: u64, y: u64| (x ^ y) & m),
+                    Fast::Mov32 => lanes!(|x: u64, _| x & 0xffff_ffff),
+                    Fast::Mov64 => lanes!(|x: u64, _| x),
+                    Fast::AddF32 => lanes!(|x: u64, y: u64| f32b(f32v(x) + f32v(y))),
+                    Fast::SubF32 => lanes!(|x: u64, y: u64| f32b(f32v(x) - f32v(y))),
+                    Fast::MulF32 => lanes!(|x: u64, y: u64| f32b(f32v(x) * f32v(y))),
+                    Fast::MadLoU32 => {
+                        let c = self.gather(w, inst.src[2]);
+                        for i in 0..32 {
+                            d[i] = a[i].wrapping_mul(b[i]).wrapping_add(c[i]) & 0xffff_ffff;
+                        }
+                    }
+                    Fast::FmaF32 => {
+                        let c = self.gather(w, inst.src[2]);
+                        for i in 0..32 {
+                            d[i] = f32b(f32v(a[i]).mul_add(f32v(b[i]), f32v(c[i])));
+                        }
+                    }
+                    Fast::Selp => {
+                        let c = self.gather(w, inst.src[2]);
+                        for i in 0..32 {
+                            d[i] = if c[i] != 0 { a[i] & m } else { b[i] & m };
+                        }
+                    }
+                    Fast::None => {
+                        let c = self.gather(w, inst.src[2]);
+                        let e = self.gather(w, inst.src[3]);
+                        for l in Lanes(mask) {
+                            d[l] = alu(inst, [a[l], b[l], c[l], e[l]]);
+                        }
+                    }
+                }
+                Self::scatter(w, inst.dst[0], &d, mask);
             }
         }
         Ok(())

@@ -424,6 +424,8 @@ pub(crate) struct Inst {
     pub target: u32,
     /// 1-based source line.
     pub line: u32,
+    /// The specialised lane loop, if one applies (set after decoding).
+    pub fast: super::exec::Fast,
 }
 
 impl Inst {
@@ -443,6 +445,7 @@ impl Inst {
             addr2: Addr::default(),
             target: 0,
             line,
+            fast: super::exec::Fast::None,
         }
     }
 }

@@ -1491,7 +1491,10 @@ fn decode_kernel(rk: RawKernel, globals: &HashMap<String, u32>) -> Kernel {
     let mut unsupported = Vec::new();
     for ri in &rk.insts {
         let inst = match dec.decode(ri) {
-            Ok(i) => i,
+            Ok(mut i) => {
+                i.fast = super::exec::classify(&i);
+                i
+            }
             Err(reason) => {
                 let mut i = Inst::new(Op::Unsupported(unsupported.len() as u32), ri.line);
                 i.guard = ri.guard;
