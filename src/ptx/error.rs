@@ -15,6 +15,8 @@ pub struct FaultSite {
     pub line: u32,
     /// The instruction as written in the PTX text.
     pub instruction: String,
+    /// CUDA source `file:line`, when the PTX was compiled with `-lineinfo`.
+    pub source: Option<String>,
 }
 
 impl fmt::Display for FaultSite {
@@ -31,7 +33,11 @@ impl fmt::Display for FaultSite {
             self.thread[2],
             self.line,
             self.instruction
-        )
+        )?;
+        if let Some(src) = &self.source {
+            write!(f, " ({src})")?;
+        }
+        Ok(())
     }
 }
 

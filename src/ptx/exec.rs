@@ -1062,6 +1062,7 @@ impl<'a> BlockExec<'a> {
             thread: self.thread_xyz(self.cur_warp * 32 + lane as u32),
             line: k.insts[pc].line,
             instruction: k.texts[pc].clone(),
+            source: k.sources[pc].clone(),
         })
     }
 
@@ -1305,6 +1306,9 @@ impl<'a> BlockExec<'a> {
             if inst.op == Op::Bra {
                 s.push_str("    (taken)");
             }
+        }
+        if let Some(src) = &k.sources[pc] {
+            s.push_str(&format!("    // {src}"));
         }
         if self.ctx.options.trace_to_stderr {
             eprintln!("{s}");

@@ -62,7 +62,8 @@
 //! # Checks
 //!
 //! Each check stops the launch with a typed [`PtxError`] naming kernel, block, thread, PTX
-//! line and instruction text:
+//! line and instruction text, plus the CUDA `file:line` when the PTX was compiled with
+//! `nvcc -lineinfo`:
 //! - global accesses outside every live allocation ([`PtxError::GlobalOutOfBounds`]; the
 //!   message says when the address is past the end of a buffer or inside a freed one);
 //!   allocations are separated by unmapped gaps, so an off-by-one is always caught;

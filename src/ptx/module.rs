@@ -40,6 +40,8 @@ pub struct Kernel {
     pub(crate) insts: Vec<Inst>,
     /// Source text of each instruction, for errors and traces.
     pub(crate) texts: Vec<String>,
+    /// CUDA `file:line` of each instruction when the PTX carries line info (`-lineinfo`).
+    pub(crate) sources: Vec<Option<String>>,
     pub(crate) reg_names: Vec<String>,
     pub(crate) static_shared: u32,
     pub(crate) local_size: u32,

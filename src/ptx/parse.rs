@@ -34,6 +34,8 @@ struct RawInst {
     operands: Vec<RawOp>,
     line: u32,
     text: String,
+    /// CUDA source `(file index, line)` from the last `.loc`, if the PTX has line info.
+    loc: Option<(u32, u32)>,
 }
 
 /// Symbols a kernel body can name, besides registers and labels.
@@ -278,6 +280,7 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
     let mut globals: Vec<GlobalVar> = Vec::new();
     let mut raw_kernels = Vec::new();
     let mut module_shared: Vec<VarDecl> = Vec::new();
+    let mut files: HashMap<u32, String> = HashMap::new();
     while p.pos < p.toks.len() {
         let t = p.next()?;
         let s = match t {
@@ -286,7 +289,21 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
             t => return p.err(format!("unexpected {t:?} at module scope")),
         };
         match s.as_str() {
-            ".version" | ".target" | ".address_size" | ".file" | ".section" => p.skip_line(),
+            ".file" => {
+                // `.file N "name" [, timestamp, size]`
+                if let (Ok(n), Some(Tok::Str(name))) = (p.number(), p.peek().cloned()) {
+                    files.insert(n as u32, name);
+                }
+                p.skip_line();
+            }
+            ".version" | ".target" | ".address_size" => p.skip_line(),
+            ".section" => {
+                // Debug sections (`-lineinfo`, `-G`): a name, then a braced block of data.
+                p.skip_line();
+                if p.is_punct('{') {
+                    p.skip_braces()?;
+                }
+            }
             ".visible" | ".extern" | ".weak" | ".common" => {}
             ".global" | ".const" => {
                 let d = parse_var_decl(&mut p)?;
@@ -344,7 +361,7 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
         for ri in &rk.insts {
             opcodes.insert(ri.opcode.clone());
         }
-        kernels.push(decode_kernel(rk, &global_index));
+        kernels.push(decode_kernel(rk, &global_index, &files));
     }
     Ok(Parsed {
         kernels,
@@ -419,6 +436,7 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
     }
     let mut dynamic_shared = Vec::new();
     let mut scopes: Vec<HashMap<String, u32>> = Vec::new();
+    let mut loc = None;
     p.expect_punct('{')?;
     scopes.push(HashMap::new());
     while !scopes.is_empty() {
@@ -488,7 +506,17 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
                     }
                     continue;
                 }
-                ".loc" | ".file" => {
+                ".loc" => {
+                    // `.loc file line column [...]`: the CUDA source of what follows.
+                    let file = p.number().ok();
+                    let line = p.number().ok();
+                    if let (Some(f), Some(l)) = (file, line) {
+                        loc = (l > 0).then_some((f as u32, l as u32));
+                    }
+                    p.skip_line();
+                    continue;
+                }
+                ".file" => {
                     p.skip_line();
                     continue;
                 }
@@ -502,7 +530,8 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
             }
         }
         p.pos = start;
-        let inst = parse_statement(p, &scopes)?;
+        let mut inst = parse_statement(p, &scopes)?;
+        inst.loc = loc;
         k.insts.push(inst);
     }
     // Module-scope shared variables this kernel names.
@@ -616,6 +645,7 @@ fn parse_statement(p: &mut Parser, scopes: &[HashMap<String, u32>]) -> PtxResult
         p.src[a..b].split_whitespace().collect::<Vec<_>>().join(" ")
     };
     Ok(RawInst {
+        loc: None,
         guard,
         opcode,
         operands,
@@ -906,7 +936,9 @@ impl Decoder<'_> {
         };
         let args = &ops[ci + 1..];
         match name.as_str() {
-            "__assertfail" if args.len() >= 4 => {
+            // `__assertfail` (optimised builds) and `__assert_fail` (`-G`) share the first four
+            // arguments: message, file, line, function.
+            "__assertfail" | "__assert_fail" if args.len() >= 4 => {
                 inst.op = Op::AssertFail;
                 for (i, a) in args.iter().take(4).enumerate() {
                     inst.src[i] = offset(a)?;
@@ -1480,7 +1512,11 @@ impl Decoder<'_> {
     }
 }
 
-fn decode_kernel(rk: RawKernel, globals: &HashMap<String, u32>) -> Kernel {
+fn decode_kernel(
+    rk: RawKernel,
+    globals: &HashMap<String, u32>,
+    files: &HashMap<u32, String>,
+) -> Kernel {
     let dec = Decoder {
         syms: &rk.syms,
         globals,
@@ -1489,6 +1525,7 @@ fn decode_kernel(rk: RawKernel, globals: &HashMap<String, u32>) -> Kernel {
     let mut insts = Vec::with_capacity(rk.insts.len() + 1);
     let mut texts = Vec::with_capacity(rk.insts.len() + 1);
     let mut unsupported = Vec::new();
+    let mut sources = Vec::with_capacity(rk.insts.len() + 1);
     for ri in &rk.insts {
         let inst = match dec.decode(ri) {
             Ok(mut i) => {
@@ -1504,16 +1541,24 @@ fn decode_kernel(rk: RawKernel, globals: &HashMap<String, u32>) -> Kernel {
         };
         insts.push(inst);
         texts.push(ri.text.clone());
+        sources.push(ri.loc.map(|(f, l)| {
+            let file = files
+                .get(&f)
+                .map_or("?", |n| n.rsplit('/').next().unwrap_or(n));
+            format!("{file}:{l}")
+        }));
     }
     // Falling off the end of the body exits.
     insts.push(Inst::new(Op::Exit, rk.insts.last().map_or(0, |i| i.line)));
     texts.push("<end of kernel>".to_string());
+    sources.push(None);
     Kernel {
         name: rk.name,
         params: rk.params,
         param_size: rk.param_size,
         insts,
         texts,
+        sources,
         reg_names: rk.reg_names,
         static_shared: rk.static_shared,
         local_size: rk.local_size,

@@ -550,3 +550,38 @@ fn trace_spec_parses() {
     assert_eq!(super::machine::parse_trace_spec("1:2:3"), None);
     assert_eq!(super::machine::parse_trace_spec("x:1"), None);
 }
+
+#[test]
+fn line_info_names_the_cuda_source_in_faults() {
+    let ptx = format!(
+        "{HEADER}.visible .entry k(.param .u64 out)
+{{
+    .reg .b64 %rd<3>;
+    .loc 1 7 3
+    ld.param.u64 %rd1, [out];
+    .loc 1 9 5
+    st.global.u32 [%rd1+64], 1;
+    ret;
+}}
+    .file 1 \"/home/dev/kernels/bug.cu\"
+    .section .debug_str
+    {{
+$L__info_string0:
+.b8 95,0
+    }}
+"
+    );
+    let module = Module::parse(&ptx).unwrap();
+    let m = Machine::default();
+    let out = m.alloc(16);
+    let err = m
+        .launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap_err();
+    match &err {
+        PtxError::GlobalOutOfBounds { site, .. } => {
+            assert_eq!(site.source.as_deref(), Some("bug.cu:9"));
+        }
+        other => panic!("expected an out-of-bounds write, got {other}"),
+    }
+    assert!(err.to_string().contains("(bug.cu:9)"), "{err}");
+}
