@@ -425,7 +425,7 @@ pub(crate) struct Inst {
     /// 1-based source line.
     pub line: u32,
     /// The specialised lane loop, if one applies (set after decoding).
-    pub fast: super::exec::Fast,
+    pub fast: super::alu::Fast,
 }
 
 impl Inst {
@@ -445,7 +445,7 @@ impl Inst {
             addr2: Addr::default(),
             target: 0,
             line,
-            fast: super::exec::Fast::None,
+            fast: super::alu::Fast::None,
         }
     }
 }

@@ -141,6 +141,7 @@
 //! correctly rounded result, which lies within every documented bound but is more accurate
 //! than a GPU, so bit-exact comparisons with a GPU can differ in the last place.
 
+mod alu;
 mod error;
 mod exec;
 mod float;

@@ -1529,7 +1529,7 @@ fn decode_kernel(
     for ri in &rk.insts {
         let inst = match dec.decode(ri) {
             Ok(mut i) => {
-                i.fast = super::exec::classify(&i);
+                i.fast = super::alu::classify(&i);
                 i
             }
             Err(reason) => {
