@@ -14,6 +14,7 @@ pub mod model;
 pub mod optim;
 #[cfg(feature = "cli")]
 pub mod plot;
+pub mod ptx;
 pub mod tensor;
 pub mod train;
 

@@ -37,7 +37,10 @@ pub struct Tensor {
 impl Tensor {
     /// Wraps `storage` holding `shape.iter().product()` elements.
     pub fn new(storage: Storage, shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), storage: Arc::new(storage) }
+        Tensor {
+            shape: shape.to_vec(),
+            storage: Arc::new(storage),
+        }
     }
 
     /// A host tensor from `data`, checked against `shape`.
@@ -78,9 +81,15 @@ impl Tensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != self.len() {
-            return Err(Error::shape("reshape", format!("{:?} -> {shape:?}", self.shape)));
+            return Err(Error::shape(
+                "reshape",
+                format!("{:?} -> {shape:?}", self.shape),
+            ));
         }
-        Ok(Tensor { shape: shape.to_vec(), storage: self.storage.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: self.storage.clone(),
+        })
     }
 
     /// The backend that owns this tensor's storage.
@@ -95,7 +104,11 @@ impl Tensor {
     pub fn cpu_slice(&self, op: &'static str) -> Result<&[f32]> {
         match &*self.storage {
             Storage::Cpu(v) => Ok(v),
-            other => Err(Error::Device { op, expected: "cpu", found: other.device_name() }),
+            other => Err(Error::Device {
+                op,
+                expected: "cpu",
+                found: other.device_name(),
+            }),
         }
     }
 
@@ -107,7 +120,10 @@ impl Tensor {
     /// The single element of a one-element tensor, copied to the host.
     pub fn scalar(&self) -> Result<f32> {
         if self.len() != 1 {
-            return Err(Error::shape("scalar", format!("{:?} is not one element", self.shape)));
+            return Err(Error::shape(
+                "scalar",
+                format!("{:?} is not one element", self.shape),
+            ));
         }
         Ok(self.to_vec()?[0])
     }
@@ -115,6 +131,11 @@ impl Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?} on {})", self.shape, self.storage.device_name())
+        write!(
+            f,
+            "Tensor({:?} on {})",
+            self.shape,
+            self.storage.device_name()
+        )
     }
 }

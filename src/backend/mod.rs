@@ -179,8 +179,7 @@ pub trait Backend: Send + Sync {
     // Pooling. Max pool's padding never wins (it acts as -inf); its backward routes each
     // gradient to the first maximum of the window in row-major order.
     fn max_pool_fwd(&self, x: &Tensor, p: PoolParams) -> Result<Tensor>;
-    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams)
-        -> Result<Tensor>;
+    fn max_pool_bwd(&self, dy: &Tensor, x: &Tensor, y: &Tensor, p: PoolParams) -> Result<Tensor>;
     /// `[N, H, W, C] -> [N, C]`.
     fn avg_pool_global_fwd(&self, x: &Tensor) -> Result<Tensor>;
     fn avg_pool_global_bwd(&self, dy: &Tensor, x_shape: &[usize]) -> Result<Tensor>;
