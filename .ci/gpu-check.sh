@@ -23,7 +23,7 @@ echo "== 1. kernel harness"
 for t in "$stage"/cuda_*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
-  timeout 180 "$t" --test-threads=1 --nocapture >"$logs/$name.log" 2>&1
+  LABELWISE_TEST_DEVICE=gpu timeout 180 "$t" --test-threads=1 --nocapture >"$logs/$name.log" 2>&1
   rc=$?
   tail -n 40 "$logs/$name.log"
   if [ "$rc" -ne 0 ]; then

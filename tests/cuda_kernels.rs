@@ -66,8 +66,18 @@ struct Pair {
 }
 
 impl Pair {
+    /// The CPU reference beside the CUDA backend: on a GPU when there is one, otherwise on
+    /// the PTX interpreter (the same compiled PTX, with bounds and race checks). Only a build
+    /// without nvcc skips, saying so. `LABELWISE_TEST_DEVICE=gpu` makes a missing GPU a skip
+    /// instead (for the GPU check script, which must not pass on the interpreter).
     fn new(test: &str) -> Option<Pair> {
-        match CudaBackend::open(0) {
+        let want_gpu = std::env::var("LABELWISE_TEST_DEVICE").is_ok_and(|v| v == "gpu");
+        let opened = match CudaBackend::open(0) {
+            Ok(gpu) => Ok(gpu),
+            Err(e) if want_gpu => Err(e),
+            Err(_) => CudaBackend::emulated(),
+        };
+        match opened {
             Ok(gpu) => {
                 gpu.set_poison(true);
                 Some(Pair {

@@ -239,6 +239,8 @@ pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda,
+    /// The CUDA backend on the PTX interpreter (our kernels run on the CPU, checked).
+    CudaEmulated,
 }
 
 impl std::str::FromStr for DeviceChoice {
@@ -248,8 +250,9 @@ impl std::str::FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" => Ok(DeviceChoice::Cuda),
+            "cuda-emulated" => Ok(DeviceChoice::CudaEmulated),
             _ => Err(crate::Error::InvalidArgument(format!(
-                "unknown device {s:?} (expected auto, cpu or cuda)"
+                "unknown device {s:?} (expected auto, cpu, cuda or cuda-emulated)"
             ))),
         }
     }
@@ -260,6 +263,7 @@ pub fn open(choice: DeviceChoice) -> Result<BackendHandle> {
     match choice {
         DeviceChoice::Cpu => Ok(Arc::new(cpu::CpuBackend)),
         DeviceChoice::Cuda => cuda::CudaBackend::open(0).map(|b| b as BackendHandle),
+        DeviceChoice::CudaEmulated => cuda::CudaBackend::emulated().map(|b| b as BackendHandle),
         DeviceChoice::Auto => match cuda::CudaBackend::open(0) {
             Ok(b) => Ok(b),
             Err(e) => {

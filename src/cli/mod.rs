@@ -28,7 +28,8 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Compute device: auto (CUDA when present, else CPU), cpu or cuda.
+    /// Compute device: auto (CUDA when present, else CPU), cpu, cuda, or cuda-emulated (our
+    /// CUDA kernels on the PTX interpreter: slow, for kernel development).
     #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
     /// CPU threads (0 = one per core).

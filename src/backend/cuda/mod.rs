@@ -13,6 +13,7 @@
 //! - One device, one stream: launches are asynchronous but ordered; host reads synchronise.
 
 pub mod device;
+pub mod emulated;
 pub mod kernels;
 pub mod memory;
 pub mod params;
@@ -91,6 +92,12 @@ impl CudaBackend {
         let device = CudarcDevice::open(ordinal)?;
         log::info!("cuda: {}", device.describe());
         CudaBackend::with_device(Arc::new(device))
+    }
+
+    /// The backend on the PTX interpreter: our compiled kernels executed on the CPU with
+    /// bounds and race checks (slow; for tests and kernel development).
+    pub fn emulated() -> Result<Arc<CudaBackend>> {
+        CudaBackend::with_device(Arc::new(emulated::EmulatedDevice::new()))
     }
 
     /// The backend on any [`DeviceApi`] implementation (a GPU, or the PTX interpreter), with
