@@ -112,7 +112,7 @@
 //! - Control: `bra(.uni) exit ret trap`, `bar.sync`/`barrier.sync`, `bar.red.popc/.and/.or`,
 //!   `bar.warp.sync`; warp: `shfl.sync` (up/down/bfly/idx with clamp and segment masks),
 //!   `vote.sync` (all/any/uni/ballot), `activemask`, `redux.sync`, `match.any/.all.sync`;
-//!   `call` of `vprintf` and `__assertfail`.
+//!   `call` (device functions inlined at load; `vprintf`, `__assertfail`).
 //! - Special registers: `%tid %ntid %ctaid %nctaid %laneid %warpid %nwarpid %smid %nsmid
 //!   %gridid %clock %clock64 %globaltimer %lanemask_* %dynamic_smem_size %total_smem_size`.
 //!
@@ -130,8 +130,9 @@
 //! # Limitations
 //!
 //! Unsupported, reported as [`PtxError::Unsupported`] at launch (and listed by
-//! [`unsupported_opcodes`]): `call`s of device functions (inline them; the runtime's
-//! `vprintf` and `__assertfail` are supported), carry arithmetic (`add.cc`, `addc`, ...),
+//! [`unsupported_opcodes`]): recursive, indirect or predicated `call`s (direct calls of
+//! `.func`s are inlined at load, so `__noinline__` helpers and `-G` builds work; the
+//! runtime's `vprintf` and `__assertfail` are built in), carry arithmetic (`add.cc`, `addc`, ...),
 //! `bar.arrive`, barriers over a subset of the block,
 //! packed half arithmetic (`.f16x2`), tensor-core instructions (`mma`, `ldmatrix`, `wmma`),
 //! texture and surface instructions, `prmt` modes other than the default, indirect branches.

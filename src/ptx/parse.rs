@@ -281,6 +281,7 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
     let mut raw_kernels = Vec::new();
     let mut module_shared: Vec<VarDecl> = Vec::new();
     let mut files: HashMap<u32, String> = HashMap::new();
+    let mut funcs: HashMap<String, RawKernel> = HashMap::new();
     while p.pos < p.toks.len() {
         let t = p.next()?;
         let s = match t {
@@ -326,19 +327,14 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
                 return p.err("module-scope `.local` variables are not supported");
             }
             ".entry" => {
-                if let Some(k) = parse_entry(&mut p, &module_shared)? {
+                if let Some(k) = parse_entry(&mut p, &module_shared, false)? {
                     raw_kernels.push(k);
                 }
             }
             ".func" => {
-                // Device functions are not callable yet (`call` is unsupported); skip them.
-                while p.pos < p.toks.len() && !p.is_punct('{') && !p.is_punct(';') {
-                    p.pos += 1;
-                }
-                if p.is_punct('{') {
-                    p.skip_braces()?;
-                } else {
-                    p.pos += 1;
+                // Device functions are inlined at their call sites when kernels are decoded.
+                if let Some(f) = parse_entry(&mut p, &module_shared, true)? {
+                    funcs.insert(f.name.clone(), f);
                 }
             }
             ".pragma" => {
@@ -357,7 +353,10 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
         .collect();
     let mut kernels = Vec::new();
     let mut opcodes = BTreeSet::new();
-    for rk in raw_kernels {
+    for mut rk in raw_kernels {
+        let mut inlined = 0;
+        let insts = std::mem::take(&mut rk.insts);
+        rk.insts = inline_calls(&mut rk, insts, &funcs, &mut inlined, 0);
         for ri in &rk.insts {
             opcodes.insert(ri.opcode.clone());
         }
@@ -373,6 +372,8 @@ pub(crate) fn parse_module(src: &str) -> PtxResult<Parsed> {
 /// A kernel body before decoding.
 struct RawKernel {
     name: String,
+    /// Return parameters of a `.func`.
+    rets: Vec<ParamInfo>,
     /// Local-memory offsets of call-sequence parameters.
     call_params: Vec<u32>,
     params: Vec<ParamInfo>,
@@ -389,14 +390,14 @@ fn align_up(x: u32, a: u32) -> u32 {
     x.div_ceil(a.max(1)) * a.max(1)
 }
 
-fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<RawKernel>> {
-    let name = p.ident()?;
+/// Parses `( .param ..., .param ... )` at the current `(`, laying the parameters out.
+fn parse_param_list(p: &mut Parser) -> PtxResult<(Vec<ParamInfo>, u32)> {
     let mut params = Vec::new();
     let mut param_size = 0;
     if p.eat_punct('(') {
         while !p.eat_punct(')') {
             let d = p.ident()?;
-            if d != ".param" {
+            if d != ".param" && d != ".reg" {
                 return p.err(format!("expected `.param`, found `{d}`"));
             }
             let v = parse_var_decl(p)?;
@@ -412,6 +413,23 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
             p.eat_punct(',');
         }
     }
+    Ok((params, param_size))
+}
+
+/// Parses an `.entry` (`is_func == false`) or a `.func` with its optional return parameters;
+/// `None` for a declaration without a body.
+fn parse_entry(
+    p: &mut Parser,
+    module_shared: &[VarDecl],
+    is_func: bool,
+) -> PtxResult<Option<RawKernel>> {
+    let rets = if is_func && p.is_punct('(') {
+        parse_param_list(p)?.0
+    } else {
+        Vec::new()
+    };
+    let name = p.ident()?;
+    let (params, param_size) = parse_param_list(p)?;
     // Performance directives (`.maxntid 256, 1, 1`, ...) up to the body or a declaration's `;`.
     while !p.is_punct('{') {
         if p.eat_punct(';') {
@@ -421,6 +439,7 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
     }
     let mut k = RawKernel {
         name,
+        rets,
         call_params: Vec::new(),
         params,
         param_size,
@@ -431,7 +450,7 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
         static_shared: 0,
         local_size: 0,
     };
-    for prm in &k.params {
+    for prm in k.params.iter().chain(&k.rets) {
         k.syms.insert(prm.name.clone(), Sym::Param(prm.offset));
     }
     let mut dynamic_shared = Vec::new();
@@ -557,6 +576,166 @@ fn parse_entry(p: &mut Parser, module_shared: &[VarDecl]) -> PtxResult<Option<Ra
         k.syms.insert(name, Sym::Shared(dyn_off));
     }
     Ok(Some(k))
+}
+
+/// Deepest chain of device-function calls the inliner follows (recursion stops here).
+const MAX_INLINE_DEPTH: u32 = 16;
+
+/// Replaces each `call` of a device function that has a body with a copy of that body, with
+/// fresh registers, local memory and labels; `ret` becomes a branch past the copy, and the
+/// callee's parameters become the caller's call-sequence slots. Calls it cannot inline stay
+/// and decode as `vprintf`, `__assertfail` or unsupported.
+fn inline_calls(
+    k: &mut RawKernel,
+    insts: Vec<RawInst>,
+    funcs: &HashMap<String, RawKernel>,
+    counter: &mut u32,
+    depth: u32,
+) -> Vec<RawInst> {
+    let is_call = |ri: &RawInst| ri.opcode.split('.').next() == Some("call");
+    if !insts.iter().any(is_call) || depth > MAX_INLINE_DEPTH {
+        return insts;
+    }
+    // Where each old instruction index lands, for the labels already in `k`.
+    let mut new_index = Vec::with_capacity(insts.len() + 1);
+    let mut added: HashMap<String, u32> = HashMap::new();
+    let mut out: Vec<RawInst> = Vec::with_capacity(insts.len());
+    for ri in insts {
+        new_index.push(out.len() as u32);
+        let callee = ri.operands.iter().enumerate().find_map(|(i, o)| match o {
+            RawOp::Name(n) if is_call(&ri) && !n.starts_with(CALL_PARAM_PREFIX) => {
+                Some((i, n.clone()))
+            }
+            _ => None,
+        });
+        let Some((ci, f)) = callee.and_then(|(ci, n)| funcs.get(&n).map(|f| (ci, f))) else {
+            out.push(ri);
+            continue;
+        };
+        let (rets, args) = (&ri.operands[..ci], &ri.operands[ci + 1..]);
+        if rets.len() > f.rets.len() || args.len() != f.params.len() || ri.guard.is_some() {
+            out.push(ri);
+            continue;
+        }
+        *counter += 1;
+        let tag = format!("@inline{}:{}", *counter, f.name);
+
+        // Fresh registers and local memory for this copy.
+        let reg_base = k.reg_names.len() as u32;
+        k.reg_names
+            .extend(f.reg_names.iter().map(|r| format!("{}::{r}", f.name)));
+        let local_base = align_up(k.local_size, 16);
+        k.local_size = local_base + f.local_size;
+
+        // The callee's symbols under names unique to this copy; its parameters are the
+        // caller's call-sequence slots.
+        let mut rename: HashMap<String, String> = HashMap::new();
+        for (prm, arg) in f.params.iter().zip(args).chain(f.rets.iter().zip(rets)) {
+            if let RawOp::Name(slot) = arg {
+                rename.insert(prm.name.clone(), slot.clone());
+            }
+        }
+        for (name, sym) in &f.syms {
+            let moved = match *sym {
+                Sym::Local(off) => Sym::Local(local_base + off),
+                Sym::CallParam(off) => Sym::CallParam(local_base + off),
+                // Shared variables resolve only if the kernel has them too (module scope).
+                Sym::Shared(_) | Sym::Param(_) => continue,
+            };
+            // Call-sequence slots keep the prefix that marks them as such.
+            let fresh = match moved {
+                Sym::CallParam(_) => format!("{CALL_PARAM_PREFIX}{tag}:{name}"),
+                _ => format!("{tag}:{name}"),
+            };
+            k.syms.insert(fresh.clone(), moved);
+            rename.insert(name.clone(), fresh);
+        }
+        for label in f.labels.keys() {
+            rename.insert(label.clone(), format!("{tag}:{label}"));
+        }
+        let ret_label = format!("{tag}:return");
+        let body: Vec<RawInst> = f
+            .insts
+            .iter()
+            .map(|fi| {
+                let mut c = RawInst {
+                    guard: fi.guard.map(|(r, n)| (r + reg_base, n)),
+                    opcode: fi.opcode.clone(),
+                    operands: fi
+                        .operands
+                        .iter()
+                        .map(|o| remap(o, reg_base, &rename))
+                        .collect(),
+                    line: fi.line,
+                    text: format!("{}    [inlined {}]", fi.text, f.name),
+                    loc: fi.loc.or(ri.loc),
+                };
+                if c.opcode.split('.').next() == Some("ret") {
+                    c.opcode = "bra.uni".into();
+                    c.operands = vec![RawOp::Name(ret_label.clone())];
+                }
+                c
+            })
+            .collect();
+
+        // Calls inside the copy are inlined in turn, against the kernel's tables.
+        let mut sub = raw_shell(k);
+        for (label, idx) in &f.labels {
+            sub.labels.insert(format!("{tag}:{label}"), *idx);
+        }
+        let body = inline_calls(&mut sub, body, funcs, counter, depth + 1);
+        k.reg_names = sub.reg_names;
+        k.syms = sub.syms;
+        k.local_size = sub.local_size;
+        let start = out.len() as u32;
+        for (label, idx) in sub.labels {
+            added.insert(label, start + idx);
+        }
+        out.extend(body);
+        added.insert(ret_label, out.len() as u32);
+    }
+    new_index.push(out.len() as u32);
+    for idx in k.labels.values_mut() {
+        *idx = new_index[*idx as usize];
+    }
+    k.labels.extend(added);
+    out
+}
+
+/// A kernel record that borrows `k`'s registers, symbols and local size, for nested inlining.
+fn raw_shell(k: &mut RawKernel) -> RawKernel {
+    RawKernel {
+        name: k.name.clone(),
+        rets: Vec::new(),
+        call_params: Vec::new(),
+        params: Vec::new(),
+        param_size: 0,
+        insts: Vec::new(),
+        labels: HashMap::new(),
+        reg_names: std::mem::take(&mut k.reg_names),
+        syms: std::mem::take(&mut k.syms),
+        static_shared: k.static_shared,
+        local_size: k.local_size,
+    }
+}
+
+/// An operand of an inlined instruction: registers shifted, names renamed.
+fn remap(o: &RawOp, reg_base: u32, rename: &HashMap<String, String>) -> RawOp {
+    match o {
+        RawOp::Reg(r) => RawOp::Reg(r + reg_base),
+        RawOp::Name(n) => RawOp::Name(rename.get(n).cloned().unwrap_or_else(|| n.clone())),
+        RawOp::Not(b) => RawOp::Not(Box::new(remap(b, reg_base, rename))),
+        RawOp::Vector(v) => RawOp::Vector(v.iter().map(|e| remap(e, reg_base, rename)).collect()),
+        RawOp::Pair(a, b) => RawOp::Pair(
+            Box::new(remap(a, reg_base, rename)),
+            Box::new(remap(b, reg_base, rename)),
+        ),
+        RawOp::Addr(b, off) => RawOp::Addr(
+            b.as_ref().map(|b| Box::new(remap(b, reg_base, rename))),
+            *off,
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Whether operand `o` mentions symbol `name`.
