@@ -1131,12 +1131,10 @@ impl Decoder<'_> {
                     inst.dst[0] = offset(&ops[0])?;
                 }
             }
-            _ => {
-                return Err(format!(
-                    "calls to device functions (`{name}`) are not implemented; inline the \
-                     callee (`__forceinline__`)"
-                ))
-            }
+            _ => return Err(format!(
+                "call of `{name}` cannot be inlined (recursive beyond {MAX_INLINE_DEPTH} levels, \
+                     indirect, predicated, or without a body in this module)"
+            )),
         }
         Ok(())
     }

@@ -430,24 +430,44 @@ fn hung_kernel_hits_the_step_limit() {
 }
 
 #[test]
-fn calls_are_reported_as_unsupported() {
-    let ptx = format!(
-        "{HEADER}.func (.param .b32 r) f(.param .b32 a)\n{{\n ret;\n}}\n\
-         .visible .entry k()\n{{\n .reg .b32 %r<2>;\n {{\n .param .b32 a0;\n .param .b32 r0;\n \
-         st.param.b32 [a0], %r1;\n call.uni (r0), f, (a0);\n }}\n ret;\n}}\n"
-    );
+fn device_functions_are_inlined_and_recursion_is_reported() {
+    let func = ".func (.param .b32 r) f(.param .b32 a)\n{\n .reg .b32 %r<3>;\n \
+                ld.param.b32 %r1, [a];\n add.s32 %r2, %r1, 1;\n st.param.b32 [r], %r2;\n ret;\n}\n";
+    let body = |callee: &str| {
+        format!(
+            ".visible .entry k(.param .u64 out)\n{{\n .reg .b32 %r<3>;\n .reg .b64 %rd<2>;\n \
+             ld.param.u64 %rd1, [out];\n mov.u32 %r1, 41;\n {{\n .param .b32 a0;\n \
+             .param .b32 r0;\n st.param.b32 [a0], %r1;\n call.uni (r0), {callee}, (a0);\n \
+             ld.param.b32 %r2, [r0];\n }}\n st.global.u32 [%rd1], %r2;\n ret;\n}}\n"
+        )
+    };
+    let ptx = format!("{HEADER}{func}{}", body("f"));
     let module = Module::parse(&ptx).unwrap();
-    let err = Machine::default()
-        .launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &[])
-        .unwrap_err();
-    match err {
+    let m = Machine::default();
+    let out = m.alloc(4);
+    m.launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap();
+    let mut b = [0u8; 4];
+    m.read(out, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 42);
+
+    let recursive = ".func (.param .b32 r) g(.param .b32 a)\n{\n .reg .b32 %r<3>;\n \
+                     ld.param.b32 %r1, [a];\n {\n .param .b32 a1;\n .param .b32 r1;\n \
+                     st.param.b32 [a1], %r1;\n call.uni (r1), g, (a1);\n \
+                     ld.param.b32 %r2, [r1];\n }\n st.param.b32 [r], %r2;\n ret;\n}\n";
+    let ptx = format!("{HEADER}{recursive}{}", body("g"));
+    let module = Module::parse(&ptx).unwrap();
+    match m
+        .launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap_err()
+    {
         PtxError::Unsupported {
             instruction,
             detail,
             ..
         } => {
-            assert!(instruction.starts_with("st.param") || instruction.starts_with("call"));
-            assert!(!detail.is_empty());
+            assert!(instruction.starts_with("call.uni"), "{instruction}");
+            assert!(detail.contains("`g`"), "{detail}");
         }
         other => panic!("expected Unsupported, got {other}"),
     }
