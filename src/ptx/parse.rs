@@ -1131,10 +1131,12 @@ impl Decoder<'_> {
                     inst.dst[0] = offset(&ops[0])?;
                 }
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "call of `{name}` cannot be inlined (recursive beyond {MAX_INLINE_DEPTH} levels, \
                      indirect, predicated, or without a body in this module)"
-            )),
+            ))
+            }
         }
         Ok(())
     }
