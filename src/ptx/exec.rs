@@ -137,20 +137,25 @@ impl Warp {
     }
 }
 
-/// Shadow state of one shared byte for the race and initialisation checks.
+/// Shadow state of one shared byte for the race and initialisation checks, 16 bytes so the
+/// shadow of a typical tile stays in the L1 cache. Steps are [`BlockExec::step`] stamps (0:
+/// never); an access belongs to the current barrier interval when its stamp is later than
+/// `barrier_step`.
 #[derive(Clone, Copy, Default)]
 struct Shadow {
-    w_epoch: u32,
+    /// Last write: stamp, thread, instruction index (saturated at `u16::MAX`).
     w_step: u32,
-    w_pc: u32,
     w_tid: u16,
-    r_warp: u16,
-    r_epoch: u32,
-    r_pc: u32,
+    w_pc: u16,
+    /// First read of the interval: stamp, thread (`MANY_WARPS` set once a second warp read),
+    /// instruction index.
+    r_step: u32,
     r_tid: u16,
+    r_pc: u16,
 }
 
-const MANY_WARPS: u16 = u16::MAX;
+/// Flag in `Shadow::r_tid`: threads of more than one warp read the byte in this interval.
+const MANY_WARPS: u16 = 0x8000;
 
 /// Executes blocks of one launch, one at a time; each worker thread owns one.
 pub(crate) struct BlockExec<'a> {
@@ -161,11 +166,12 @@ pub(crate) struct BlockExec<'a> {
     shared: Vec<u8>,
     shadow: Vec<Shadow>,
     check_shadow: bool,
-    /// Barrier epoch: increases at every barrier release and every block start.
-    epoch: u32,
-    block_epoch: u32,
-    /// Warp steps in this block (the `%clock` value and the per-instruction stamp).
+    /// Warp steps executed by this executor: a unique stamp per warp instruction, never reset
+    /// between blocks (so stale shadow entries look old), restarted only before it overflows.
     step: u64,
+    /// `step` when the current block started, and when its last barrier opened.
+    block_step: u64,
+    barrier_step: u64,
     warps: Vec<Warp>,
     cur_warp: u32,
     region_hint: usize,
@@ -204,8 +210,8 @@ impl<'a> BlockExec<'a> {
                 Vec::new()
             },
             check_shadow,
-            epoch: 0,
-            block_epoch: 0,
+            block_step: 0,
+            barrier_step: 0,
             step: 0,
             warps,
             cur_warp: 0,
@@ -261,9 +267,14 @@ impl<'a> BlockExec<'a> {
             (linear / (gx * gy)) as u32,
         ];
         self.shared.fill(0);
-        self.epoch += 1;
-        self.block_epoch = self.epoch;
-        self.step = 0;
+        if self.step > (u32::MAX / 2) as u64 {
+            // Shadow stamps are 32-bit: start over before they could wrap within a block.
+            self.shadow.fill(Shadow::default());
+            self.step = 0;
+        }
+        self.step += 1;
+        self.block_step = self.step;
+        self.barrier_step = self.step;
         self.trace = None;
         if let Some((b, t)) = self.ctx.options.trace_thread {
             let [bx, by, _] = self.ctx.block;
@@ -307,7 +318,7 @@ impl<'a> BlockExec<'a> {
             if warps.iter().all(|w| w.live == 0) || self.ctx.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            self.epoch += 1;
+            self.barrier_step = self.step;
             let red = (self.red_count, self.red_all, self.red_any);
             (self.red_count, self.red_all, self.red_any) = (0, true, false);
             for w in warps.iter_mut() {
@@ -360,7 +371,7 @@ impl<'a> BlockExec<'a> {
             self.step += 1;
             self.warp_instrs += 1;
             self.thread_instrs += active.count_ones() as u64;
-            if self.step > limit {
+            if self.step - self.block_step > limit {
                 let lane = active.trailing_zeros() as usize;
                 return Err(self.fault(lane, pc, "step limit exceeded (kernel hung?)"));
             }
@@ -522,8 +533,8 @@ impl<'a> BlockExec<'a> {
             Special::SmId => rayon::current_thread_index().unwrap_or(0) as u32,
             Special::NSmId => rayon::current_num_threads() as u32,
             Special::GridId => 0,
-            Special::Clock => self.step as u32,
-            Special::Clock64 | Special::GlobalTimer => return self.step,
+            Special::Clock => (self.step - self.block_step) as u32,
+            Special::Clock64 | Special::GlobalTimer => return self.step - self.block_step,
             Special::LaneMaskEq => 1 << l,
             Special::LaneMaskLt => (1u32 << l) - 1,
             Special::LaneMaskLe => ((1u64 << (l + 1)) - 1) as u32,

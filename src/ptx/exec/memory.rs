@@ -358,7 +358,9 @@ impl BlockExec<'_> {
     ) -> PtxResult<()> {
         let tid = (self.cur_warp * 32 + lane as u32) as u16;
         let warp = self.cur_warp as u16;
-        let (epoch, step, block_epoch) = (self.epoch, self.step as u32, self.block_epoch);
+        let step = self.step as u32;
+        let (since, block) = (self.barrier_step as u32, self.block_step as u32);
+        let pc16 = pc.min(u16::MAX as usize) as u16;
         let races = self.ctx.options.check_shared_races && a != Access::Atomic;
         let uninit = self.ctx.options.check_uninitialized_shared && a != Access::Write;
         let Some(cells) = self.shadow.get_mut(off..off + size as usize) else {
@@ -366,12 +368,12 @@ impl BlockExec<'_> {
         };
         let mut conflict = None;
         for (i, sh) in cells.iter_mut().enumerate() {
-            if uninit && sh.w_epoch < block_epoch {
+            if uninit && sh.w_step < block {
                 conflict = Some((i, None));
                 break;
             }
             if races {
-                if sh.w_epoch == epoch
+                if sh.w_step > since
                     && sh.w_tid != tid
                     && (sh.w_tid / 32 != warp || (a == Access::Write && sh.w_step == step))
                 {
@@ -379,27 +381,25 @@ impl BlockExec<'_> {
                     break;
                 }
                 if a == Access::Write
-                    && sh.r_epoch == epoch
-                    && (sh.r_warp == MANY_WARPS || sh.r_warp != warp)
+                    && sh.r_step > since
+                    && (sh.r_tid & MANY_WARPS != 0 || sh.r_tid / 32 != warp)
                 {
-                    conflict = Some((i, Some(("read", sh.r_tid, sh.r_pc))));
+                    conflict = Some((i, Some(("read", sh.r_tid & !MANY_WARPS, sh.r_pc))));
                     break;
                 }
             }
             if a == Access::Read {
-                if sh.r_epoch != epoch {
-                    sh.r_epoch = epoch;
-                    sh.r_warp = warp;
+                if sh.r_step <= since {
+                    sh.r_step = step;
                     sh.r_tid = tid;
-                    sh.r_pc = pc as u32;
-                } else if sh.r_warp != warp {
-                    sh.r_warp = MANY_WARPS;
+                    sh.r_pc = pc16;
+                } else if (sh.r_tid & !MANY_WARPS) / 32 != warp {
+                    sh.r_tid |= MANY_WARPS;
                 }
             } else {
-                sh.w_epoch = epoch;
                 sh.w_step = step;
                 sh.w_tid = tid;
-                sh.w_pc = pc as u32;
+                sh.w_pc = pc16;
             }
         }
         match conflict {
@@ -421,7 +421,7 @@ impl BlockExec<'_> {
         a: Access,
         other: &'static str,
         other_tid: u16,
-        other_pc: u32,
+        other_pc: u16,
         lane: usize,
         pc: usize,
     ) -> PtxError {
@@ -431,7 +431,11 @@ impl BlockExec<'_> {
             this_access: a.name(),
             other_access: other,
             other_thread: self.thread_xyz(other_tid as u32),
-            other_line: self.ctx.kernel.insts[other_pc as usize].line,
+            // Instruction indices past `u16::MAX` are not kept; the line is then unknown (0).
+            other_line: match other_pc {
+                u16::MAX => 0,
+                pc => self.ctx.kernel.insts.get(pc as usize).map_or(0, |i| i.line),
+            },
         }
     }
 
