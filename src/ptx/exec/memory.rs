@@ -450,8 +450,10 @@ impl BlockExec<'_> {
     ) -> PtxResult<u64> {
         match loc {
             Loc::Global(a) => {
+                self.check_align(a + add, size, Access::Read, lane, pc)?;
                 let p = self.global_ptr(a + add, size, Access::Read, lane, pc)?;
-                // SAFETY: `global_ptr` checked the range; alignment was checked by the caller.
+                // SAFETY: `global_ptr` checked the range and `check_align` the alignment
+                // (allocations start 256-aligned, their storage 8-aligned).
                 Ok(unsafe { atomic_load(p, size) })
             }
             Loc::Shared(a) => {
@@ -495,6 +497,7 @@ impl BlockExec<'_> {
     ) -> PtxResult<()> {
         match loc {
             Loc::Global(a) => {
+                self.check_align(a + add, size, Access::Write, lane, pc)?;
                 let p = self.global_ptr(a + add, size, Access::Write, lane, pc)?;
                 // SAFETY: as in `load`.
                 unsafe { atomic_store(p, size, v) };
@@ -562,6 +565,7 @@ impl BlockExec<'_> {
     ) -> PtxResult<u64> {
         match loc {
             Loc::Global(a) => {
+                self.check_align(a, size, Access::Atomic, lane, pc)?;
                 let p = self.global_ptr(a, size, Access::Atomic, lane, pc)?;
                 loop {
                     // SAFETY: as in `load`.
