@@ -154,6 +154,10 @@ struct Shadow {
     r_pc: u16,
 }
 
+/// Warp instructions a warp runs before the next warp's turn. Long slices keep a warp's
+/// registers in cache; the slice only matters for warps that wait on each other by spinning.
+const WARP_SLICE: u64 = 1 << 14;
+
 /// Flag in `Shadow::r_tid`: threads of more than one warp read the byte in this interval.
 const MANY_WARPS: u16 = 0x8000;
 
@@ -308,10 +312,17 @@ impl<'a> BlockExec<'a> {
 
     fn run_warps(&mut self, warps: &mut [Warp]) -> PtxResult<()> {
         loop {
-            for (wi, w) in warps.iter_mut().enumerate() {
-                if w.active != 0 {
-                    self.cur_warp = wi as u32;
-                    self.run_warp(w)?;
+            // Round-robin in slices, so a warp spinning on a flag another warp sets (through
+            // shared or global memory) lets that warp run.
+            let mut any_ran = true;
+            while any_ran {
+                any_ran = false;
+                for (wi, w) in warps.iter_mut().enumerate() {
+                    if w.active != 0 {
+                        self.cur_warp = wi as u32;
+                        self.run_warp(w)?;
+                        any_ran = true;
+                    }
                 }
             }
             // Every warp now waits at the barrier or has exited.
@@ -360,7 +371,8 @@ impl<'a> BlockExec<'a> {
             .options
             .max_warp_steps_per_block
             .unwrap_or(u64::MAX);
-        while w.active != 0 {
+        let slice_end = self.step + WARP_SLICE;
+        while w.active != 0 && self.step < slice_end {
             let pc = w.cur as usize;
             let inst = &kernel.insts[pc];
             let active = w.active;

@@ -51,8 +51,11 @@
 //!   program counter among its runnable lanes. Lanes that branch elsewhere wait; they rejoin
 //!   when the others reach their pc. This reconverges structured control flow exactly where
 //!   nvcc's layout puts the join point, like a GPU's reconvergence stack.
-//! - A warp runs until all its lanes wait at `bar.sync` or have exited; when every live
-//!   thread of the block waits, the barrier opens. Exited threads do not count.
+//! - Warps take turns in slices of thousands of instructions (so a warp spinning on another
+//!   warp's flag makes progress) until all their lanes wait at `bar.sync` or have exited;
+//!   when every live thread of the block waits, the barrier opens. Exited threads do not
+//!   count. Blocks do not wait for each other: a block spinning on another block's progress
+//!   (outside a cooperative launch) runs into [`LaunchOptions::max_warp_steps_per_block`].
 //! - `shfl.sync`, `vote.sync`, `redux.sync` and `match.sync` act on the lanes executing them;
 //!   a live lane named in the member mask but not converged there is reported as a fault.
 //! - Global memory is shared by all blocks and updated with real atomics (relaxed order), so

@@ -605,3 +605,37 @@ $L__info_string0:
     }
     assert!(err.to_string().contains("(bug.cu:9)"), "{err}");
 }
+
+#[test]
+fn a_warp_spinning_on_a_flag_lets_the_producer_warp_run() {
+    // Warp 1 spins until warp 0 publishes a value through shared memory (volatile accesses,
+    // no barrier): this needs warps to take turns. The race check is off, the spin is a race
+    // by design.
+    let body = format!(
+        "{PROLOGUE}
+    .shared .align 4 .b32 flag[1];
+    setp.lt.u32 %p1, %r39, 32;
+    @%p1 bra PRODUCER;
+SPIN:
+    ld.volatile.shared.u32 %r1, [flag];
+    setp.eq.u32 %p2, %r1, 0;
+    @%p2 bra SPIN;
+    st.global.u32 [%rd9], %r1;
+    ret;
+PRODUCER:
+    mov.u32 %r2, 0;
+WORK:
+    add.u32 %r2, %r2, 1;
+    setp.lt.u32 %p3, %r2, 100000;
+    @%p3 bra WORK;
+    st.volatile.shared.u32 [flag], %r2;
+    ret;
+"
+    );
+    let opts = LaunchOptions {
+        check_shared_races: false,
+        ..LaunchOptions::default()
+    };
+    let got = run_words_with(&body, [1, 1, 1], [64, 1, 1], 64, &opts).unwrap();
+    assert!(got[32..].iter().all(|&v| v == 100_000));
+}
