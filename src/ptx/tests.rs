@@ -639,3 +639,76 @@ WORK:
     let got = run_words_with(&body, [1, 1, 1], [64, 1, 1], 64, &opts).unwrap();
     assert!(got[32..].iter().all(|&v| v == 100_000));
 }
+
+#[test]
+fn warp_votes_reductions_and_lane_masks_in_a_partial_warp() {
+    // 40 threads: warp 1 has lanes 0..8 only. Each thread writes 8 words.
+    let body = format!(
+        "{PROLOGUE}
+    mul.wide.u32 %rd11, %r39, 32;
+    add.s64 %rd12, %rd8, %rd11;
+    and.b32 %r1, %r39, 3;
+    activemask.b32 %r2;
+    setp.lt.u32 %p1, %r1, 2;
+    vote.sync.uni.pred %p2, %p1, %r2;
+    selp.u32 %r3, 1, 0, %p2;
+    match.all.sync.b32 %r4|%p3, %r1, %r2;
+    selp.u32 %r5, 1, 0, %p3;
+    redux.sync.max.u32 %r6, %r39, %r2;
+    redux.sync.min.s32 %r7, %r39, %r2;
+    redux.sync.xor.b32 %r8, %r39, %r2;
+    mov.u32 %r9, %lanemask_lt;
+    st.global.v4.u32 [%rd12], {{%r2, %r3, %r4, %r5}};
+    st.global.v4.u32 [%rd12+16], {{%r6, %r7, %r8, %r9}};
+    ret;
+"
+    );
+    let got = run_words(&body, 40, 40 * 8).unwrap();
+    for t in 0..40u32 {
+        let w = &got[t as usize * 8..t as usize * 8 + 8];
+        let (lo, hi) = if t < 32 { (0, 32) } else { (32, 40) };
+        let active = if t < 32 { u32::MAX } else { 0xFF };
+        assert_eq!(w[0], active, "activemask of thread {t}");
+        assert_eq!(w[1], 0, "vote.uni: lanes disagree");
+        assert_eq!((w[2], w[3]), (0, 0), "match.all: values differ");
+        assert_eq!(w[4], hi - 1);
+        assert_eq!(w[5], lo);
+        assert_eq!(w[6], (lo..hi).fold(0, |a, v| a ^ v));
+        assert_eq!(w[7], (1u32 << (t % 32)) - 1);
+    }
+}
+
+#[test]
+fn atomic_wraparounds_and_64_bit_compare_and_swap() {
+    let body = format!(
+        "{PROLOGUE}
+    .shared .align 8 .b8 cells[16];
+    setp.ne.u32 %p1, %r39, 0;
+    @%p1 bra SKIP;
+    mov.u32 %r20, cells;
+    st.shared.u32 [%r20], 3;
+    st.shared.u32 [%r20+4], 0;
+    st.shared.u64 [%r20+8], 5;
+    atom.shared.inc.u32 %r1, [%r20], 3;
+    atom.shared.dec.u32 %r2, [%r20+4], 7;
+    atom.shared.cas.b64 %rd1, [%r20+8], 5, 0x100000000;
+    atom.shared.cas.b64 %rd2, [%r20+8], 5, 9;
+    atom.shared.min.s32 %r3, [%r20], -4;
+    ld.shared.u32 %r4, [%r20];
+    ld.shared.u32 %r5, [%r20+4];
+    ld.shared.u64 %rd3, [%r20+8];
+    cvt.u32.u64 %r6, %rd1;
+    shr.u64 %rd4, %rd3, 32;
+    cvt.u32.u64 %r7, %rd4;
+    cvt.u32.u64 %r8, %rd2;
+    st.global.v4.u32 [%rd8], {{%r1, %r2, %r3, %r4}};
+    st.global.v4.u32 [%rd8+16], {{%r5, %r6, %r7, %r8}};
+SKIP:
+    ret;
+"
+    );
+    let got = run_words(&body, 32, 8).unwrap();
+    // inc at the limit wraps to 0; dec of 0 wraps to the limit; the second cas fails.
+    assert_eq!(&got[..4], &[3, 0, 0, (-4i32) as u32]);
+    assert_eq!(&got[4..], &[7, 5, 1, 0]);
+}
