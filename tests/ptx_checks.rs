@@ -302,3 +302,35 @@ fn failed_device_assert_is_reported_with_its_message() {
         other => panic!("expected a failed assertion, got {other}"),
     }
 }
+
+#[test]
+fn warp_synchronous_code_without_syncwarp_is_flagged_in_strict_mode() {
+    let (module, m, dx, dy) = setup(32);
+    let strict = LaunchOptions {
+        check_warp_sync: true,
+        ..LaunchOptions::default()
+    };
+    for kernel in ["warp_reduce_no_syncwarp", "warp_reduce_syncwarp"] {
+        let p = params(&module, kernel, &[&dx.to_le_bytes(), &dy.to_le_bytes()]);
+        // The default treats the warp as lockstep: both versions run and sum 0 + 1 + ... + 31.
+        m.launch(&module, kernel, [1, 1, 1], [32, 1, 1], 0, &p)
+            .unwrap();
+        let mut y = [0u8; 4];
+        m.read(dy, &mut y).unwrap();
+        assert_eq!(f32::from_le_bytes(y), 496.0, "{kernel}");
+        let strict_result = m.launch_with(&module, kernel, [1, 1, 1], [32, 1, 1], 0, &p, &strict);
+        if kernel == "warp_reduce_syncwarp" {
+            strict_result.unwrap();
+        } else {
+            match strict_result.unwrap_err() {
+                PtxError::SharedRace {
+                    site, other_thread, ..
+                } => {
+                    assert_eq!(site.kernel, kernel);
+                    assert_eq!(site.thread[0] / 32, other_thread[0] / 32, "same warp");
+                }
+                other => panic!("expected an intra-warp race, got {other}"),
+            }
+        }
+    }
+}

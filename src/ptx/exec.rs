@@ -173,6 +173,9 @@ pub(crate) struct BlockExec<'a> {
     /// Warp steps executed by this executor: a unique stamp per warp instruction, never reset
     /// between blocks (so stale shadow entries look old), restarted only before it overflows.
     step: u64,
+    /// `step` of each warp's last warp-synchronising instruction (`bar.warp.sync`,
+    /// `shfl.sync`, `vote.sync`, ...), for the strict intra-warp race check.
+    warp_sync_step: Vec<u64>,
     /// `step` when the current block started, and when its last barrier opened.
     block_step: u64,
     barrier_step: u64,
@@ -216,6 +219,7 @@ impl<'a> BlockExec<'a> {
             check_shadow,
             block_step: 0,
             barrier_step: 0,
+            warp_sync_step: vec![0; nwarps as usize],
             step: 0,
             warps,
             cur_warp: 0,
@@ -227,6 +231,11 @@ impl<'a> BlockExec<'a> {
             red_all: true,
             red_any: false,
         }
+    }
+
+    /// Records that the current warp executed a warp-synchronising instruction.
+    fn warp_synced(&mut self) {
+        self.warp_sync_step[self.cur_warp as usize] = self.step;
     }
 
     /// Adds this executor's instruction counts to the launch totals.
@@ -712,8 +721,12 @@ impl<'a> BlockExec<'a> {
                     }
                 }
             }
-            Op::Shfl(mode) => self.shfl(w, inst, mask, mode, pc)?,
+            Op::Shfl(mode) => {
+                self.warp_synced();
+                self.shfl(w, inst, mask, mode, pc)?
+            }
             Op::Vote(mode) => {
+                self.warp_synced();
                 let member = self.member_mask(w, inst.src[1], mask, pc)?;
                 let mut ballot = 0u32;
                 for lane in Lanes(mask) {
@@ -738,6 +751,7 @@ impl<'a> BlockExec<'a> {
                 }
             }
             Op::Redux(op) => {
+                self.warp_synced();
                 let member = self.member_mask(w, inst.src[1], mask, pc)?;
                 let group = mask & member;
                 let mut acc: Option<u64> = None;
@@ -753,6 +767,7 @@ impl<'a> BlockExec<'a> {
                 }
             }
             Op::MatchAny | Op::MatchAll => {
+                self.warp_synced();
                 let member = self.member_mask(w, inst.src[1], mask, pc)?;
                 let group = mask & member;
                 let m = mask_of(inst.ty.bits());
@@ -772,7 +787,8 @@ impl<'a> BlockExec<'a> {
                     Self::write(w, inst.dst[1], lane, p as u64);
                 }
             }
-            Op::Nop | Op::BarWarp | Op::Trap => {}
+            Op::BarWarp => self.warp_synced(),
+            Op::Nop | Op::Trap => {}
             Op::AssertFail => {
                 let lane = mask.trailing_zeros() as usize;
                 let arg = |i: usize| -> u64 {

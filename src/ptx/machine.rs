@@ -68,6 +68,11 @@ unsafe impl Sync for Region {}
 pub struct LaunchOptions {
     /// Report two threads of a block touching one shared byte between barriers (one writing).
     pub check_shared_races: bool,
+    /// Also report races between lanes of one warp that no warp-synchronising instruction
+    /// (`__syncwarp`, `__shfl_sync`, `__ballot_sync`, ...) orders: since Volta, lanes of a
+    /// warp are not guaranteed to run in lockstep, so warp-synchronous code through shared
+    /// memory needs `__syncwarp`. Off by default (the default treats a warp as lockstep).
+    pub check_warp_sync: bool,
     /// Report reads of shared bytes that no thread of the block wrote before.
     pub check_uninitialized_shared: bool,
     /// Run blocks on all rayon threads (`false`: one after another, in order).
@@ -85,6 +90,7 @@ impl Default for LaunchOptions {
     fn default() -> Self {
         LaunchOptions {
             check_shared_races: true,
+            check_warp_sync: false,
             check_uninitialized_shared: false,
             parallel: true,
             trace_thread: None,
@@ -98,6 +104,7 @@ impl LaunchOptions {
     /// The defaults, changed by environment variables so a whole program can be checked or
     /// traced without code changes:
     /// - `LABELWISE_PTX_RACES=0` turns the shared-memory race check off;
+    /// - `LABELWISE_PTX_WARP_SYNC=1` turns the strict intra-warp race check on;
     /// - `LABELWISE_PTX_UNINIT=1` turns the uninitialised-shared-read check on;
     /// - `LABELWISE_PTX_SERIAL=1` runs blocks one after another, in order;
     /// - `LABELWISE_PTX_TRACE=bx,by,bz:tx,ty,tz` traces that thread to stderr in every launch.
@@ -106,6 +113,9 @@ impl LaunchOptions {
         let flag = |name: &str| std::env::var(name).ok().map(|v| v.trim() != "0");
         if let Some(v) = flag("LABELWISE_PTX_RACES") {
             o.check_shared_races = v;
+        }
+        if let Some(v) = flag("LABELWISE_PTX_WARP_SYNC") {
+            o.check_warp_sync = v;
         }
         if let Some(v) = flag("LABELWISE_PTX_UNINIT") {
             o.check_uninitialized_shared = v;

@@ -74,9 +74,11 @@
 //!   the thread's frame, misaligned accesses;
 //! - shared-memory races ([`PtxError::SharedRace`], on by default): two threads of a block
 //!   touch the same byte between two barriers and at least one writes. Atomics are exempt.
-//!   Lanes of one warp are treated as ordered by lockstep execution, except that two lanes
-//!   writing the same byte in one instruction is a race. (On Volta and later, intra-warp
-//!   ordering through shared memory formally needs `__syncwarp`; such bugs are not reported.)
+//!   By default lanes of one warp are treated as ordered by lockstep execution, except that
+//!   two lanes writing the same byte in one instruction is a race. Since Volta, lanes of a
+//!   warp are not guaranteed to run in lockstep and warp-synchronous code through shared
+//!   memory needs `__syncwarp`; [`LaunchOptions::check_warp_sync`] reports intra-warp
+//!   accesses that no warp-synchronising instruction orders;
 //! - optionally, reads of shared bytes that no thread wrote during the block
 //!   ([`LaunchOptions::check_uninitialized_shared`]);
 //! - a failed device-side `assert` ([`PtxError::Fault`] with the assertion text, file, line).

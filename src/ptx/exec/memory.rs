@@ -362,6 +362,10 @@ impl BlockExec<'_> {
         let (since, block) = (self.barrier_step as u32, self.block_step as u32);
         let pc16 = pc.min(u16::MAX as usize) as u16;
         let races = self.ctx.options.check_shared_races && a != Access::Atomic;
+        // Strict mode: lanes of one warp are ordered only by a warp-synchronising instruction
+        // since the other access (or by being the same instruction, for reads).
+        let strict = races && self.ctx.options.check_warp_sync;
+        let synced = self.warp_sync_step[self.cur_warp as usize].max(self.barrier_step) as u32;
         let uninit = self.ctx.options.check_uninitialized_shared && a != Access::Write;
         let Some(cells) = self.shadow.get_mut(off..off + size as usize) else {
             return Ok(());
@@ -375,7 +379,9 @@ impl BlockExec<'_> {
             if races {
                 if sh.w_step > since
                     && sh.w_tid != tid
-                    && (sh.w_tid / 32 != warp || (a == Access::Write && sh.w_step == step))
+                    && (sh.w_tid / 32 != warp
+                        || (a == Access::Write && sh.w_step == step)
+                        || (strict && sh.w_step > synced && sh.w_step != step))
                 {
                     conflict = Some((i, Some(("write", sh.w_tid, sh.w_pc))));
                     break;
@@ -385,6 +391,16 @@ impl BlockExec<'_> {
                     && (sh.r_tid & MANY_WARPS != 0 || sh.r_tid / 32 != warp)
                 {
                     conflict = Some((i, Some(("read", sh.r_tid & !MANY_WARPS, sh.r_pc))));
+                    break;
+                }
+                if strict
+                    && a == Access::Write
+                    && sh.r_step > synced
+                    && sh.r_step != step
+                    && sh.r_tid & MANY_WARPS == 0
+                    && sh.r_tid != tid
+                {
+                    conflict = Some((i, Some(("read", sh.r_tid, sh.r_pc))));
                     break;
                 }
             }
