@@ -712,3 +712,11 @@ SKIP:
     assert_eq!(&got[..4], &[3, 0, 0, (-4i32) as u32]);
     assert_eq!(&got[4..], &[7, 5, 1, 0]);
 }
+
+#[test]
+fn machine_and_module_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Machine>();
+    shareable::<Module>();
+    shareable::<PtxError>();
+}

@@ -347,7 +347,7 @@ impl BlockExec<'_> {
     }
 
     /// Race and initialisation bookkeeping for one shared access.
-    #[inline]
+    #[inline(always)]
     pub(super) fn shadow_access(
         &mut self,
         off: usize,
@@ -455,6 +455,7 @@ impl BlockExec<'_> {
         }
     }
 
+    #[inline]
     pub(super) fn load(
         &mut self,
         w: &Warp,
