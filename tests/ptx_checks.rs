@@ -334,3 +334,50 @@ fn warp_synchronous_code_without_syncwarp_is_flagged_in_strict_mode() {
         }
     }
 }
+
+#[test]
+fn truncated_or_corrupted_ptx_is_an_error_not_a_panic() {
+    let text = include_str!("ptx/kernels.ptx");
+    let bytes = text.as_bytes();
+    for cut in (0..bytes.len()).step_by(bytes.len() / 300 + 1) {
+        let Ok(prefix) = std::str::from_utf8(&bytes[..cut]) else {
+            continue;
+        };
+        let _ = Module::parse(prefix);
+        let _ = labelwise::ptx::unsupported_opcodes(prefix);
+    }
+    // Flip punctuation here and there.
+    let mut state = 12345u64;
+    for _ in 0..200 {
+        let mut corrupted = bytes.to_vec();
+        for _ in 0..5 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let i = (state >> 33) as usize % corrupted.len();
+            corrupted[i] = b"{}[];,%.@!|<>+-0"[(state >> 20) as usize % 16];
+        }
+        if let Ok(s) = std::str::from_utf8(&corrupted) {
+            if let Ok(module) = Module::parse(s) {
+                // Whatever decodes must also launch without panicking (errors are fine).
+                let m = Machine::default();
+                for name in module.kernel_names() {
+                    let size = module.kernel(name).unwrap().param_size() as usize;
+                    let opts = LaunchOptions {
+                        max_warp_steps_per_block: Some(100_000),
+                        ..LaunchOptions::default()
+                    };
+                    let _ = m.launch_with(
+                        &module,
+                        name,
+                        [1, 1, 1],
+                        [32, 1, 1],
+                        64,
+                        &vec![0; size],
+                        &opts,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -413,7 +413,7 @@ pub(crate) fn alu(inst: &Inst, s: [u64; 4]) -> u64 {
         }
         Op::Sad => {
             let diff = if signed {
-                (sext(a, bits) - sext(b, bits)).unsigned_abs()
+                (sext(a, bits) as i128 - sext(b, bits) as i128).unsigned_abs() as u64
             } else {
                 (a & m).abs_diff(b & m)
             };

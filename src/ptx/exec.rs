@@ -672,6 +672,9 @@ impl<'a> BlockExec<'a> {
                     );
                     self.check_align(dst, total, Access::Write, lane, pc)?;
                     self.check_align(src, total, Access::Read, lane, pc)?;
+                    if total == 0 {
+                        continue;
+                    }
                     let chunk = total.min(4);
                     for off in (0..total).step_by(chunk as usize) {
                         let v = if off < src_bytes {

@@ -381,10 +381,17 @@ impl Machine {
                 k.param_size
             )));
         }
-        let shared_size = k.static_shared.div_ceil(16) * 16 + dynamic_shared_bytes;
+        let shared_size = k.static_shared.div_ceil(16) as u64 * 16 + dynamic_shared_bytes as u64;
         if shared_size > 228 * 1024 {
             return Err(bad(format!(
                 "{shared_size} bytes of shared memory per block"
+            )));
+        }
+        let shared_size = shared_size as u32;
+        if k.local_size > 512 * 1024 {
+            return Err(bad(format!(
+                "{} bytes of local memory per thread",
+                k.local_size
             )));
         }
 

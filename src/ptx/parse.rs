@@ -207,11 +207,14 @@ fn parse_var_decl(p: &mut Parser) -> PtxResult<VarDecl> {
             count = 0;
             continue;
         }
-        count *= p.number()? as u64;
+        count = count.saturating_mul(p.number()?.clamp(0, u32::MAX as i128) as u64);
         p.expect_punct(']')?;
     }
     let ebytes = elem.bytes() as u64;
-    let size = count * ebytes;
+    let size = count.saturating_mul(ebytes);
+    if size > 1 << 32 {
+        return p.err(format!("`{name}` is too large ({size} bytes)"));
+    }
     let mut init = Vec::new();
     if p.eat_punct('=') {
         let mut vals = Vec::new();
@@ -387,7 +390,7 @@ struct RawKernel {
 }
 
 fn align_up(x: u32, a: u32) -> u32 {
-    x.div_ceil(a.max(1)) * a.max(1)
+    x.div_ceil(a.max(1)).saturating_mul(a.max(1))
 }
 
 /// Parses `( .param ..., .param ... )` at the current `(`, laying the parameters out.
@@ -403,7 +406,7 @@ fn parse_param_list(p: &mut Parser) -> PtxResult<(Vec<ParamInfo>, u32)> {
             let v = parse_var_decl(p)?;
             let size = if v.unsized_array { 0 } else { v.size as u32 };
             let offset = align_up(param_size, v.align);
-            param_size = offset + size;
+            param_size = offset.saturating_add(size);
             params.push(ParamInfo {
                 name: v.name,
                 offset,
@@ -492,12 +495,12 @@ fn parse_entry(
                             dynamic_shared.push(v.name);
                         } else {
                             let off = align_up(k.static_shared, v.align);
-                            k.static_shared = off + v.size as u32;
+                            k.static_shared = off.saturating_add(v.size as u32);
                             k.syms.insert(v.name, Sym::Shared(off));
                         }
                     } else if space == ".local" {
                         let off = align_up(k.local_size, v.align);
-                        k.local_size = off + v.size as u32;
+                        k.local_size = off.saturating_add(v.size as u32);
                         k.syms.insert(v.name, Sym::Local(off));
                     } else {
                         return p.err(format!("unsupported declaration space `{space}`"));
@@ -511,7 +514,7 @@ fn parse_entry(
                     let v = parse_var_decl(p)?;
                     p.expect_punct(';')?;
                     let off = align_up(k.local_size, v.align);
-                    k.local_size = off + v.size as u32;
+                    k.local_size = off.saturating_add(v.size as u32);
                     let unique = format!("{CALL_PARAM_PREFIX}{}", k.call_params.len());
                     k.syms.insert(unique, Sym::CallParam(off));
                     let scope = scopes.last_mut().expect("scope");
@@ -566,7 +569,7 @@ fn parse_entry(
             dynamic_shared.push(v.name.clone());
         } else {
             let off = align_up(k.static_shared, v.align);
-            k.static_shared = off + v.size as u32;
+            k.static_shared = off.saturating_add(v.size as u32);
             k.syms.insert(v.name.clone(), Sym::Shared(off));
         }
     }
@@ -625,7 +628,7 @@ fn inline_calls(
         k.reg_names
             .extend(f.reg_names.iter().map(|r| format!("{}::{r}", f.name)));
         let local_base = align_up(k.local_size, 16);
-        k.local_size = local_base + f.local_size;
+        k.local_size = local_base.saturating_add(f.local_size);
 
         // The callee's symbols under names unique to this copy; its parameters are the
         // caller's call-sequence slots.
@@ -765,7 +768,10 @@ fn parse_reg_decl(
     loop {
         let name = p.ident()?;
         if p.eat_punct('<') {
-            let n = p.number()? as u32;
+            let n = p.number()?;
+            if !(0..=1 << 20).contains(&n) {
+                return p.err(format!("register count {n} out of range"));
+            }
             p.expect_punct('>')?;
             for i in 0..n {
                 let full = format!("{name}{i}");

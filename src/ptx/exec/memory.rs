@@ -467,14 +467,14 @@ impl BlockExec<'_> {
     ) -> PtxResult<u64> {
         match loc {
             Loc::Global(a) => {
-                self.check_align(a + add, size, Access::Read, lane, pc)?;
-                let p = self.global_ptr(a + add, size, Access::Read, lane, pc)?;
+                self.check_align(a.wrapping_add(add), size, Access::Read, lane, pc)?;
+                let p = self.global_ptr(a.wrapping_add(add), size, Access::Read, lane, pc)?;
                 // SAFETY: `global_ptr` checked the range and `check_align` the alignment
                 // (allocations start 256-aligned, their storage 8-aligned).
                 Ok(unsafe { atomic_load(p, size) })
             }
             Loc::Shared(a) => {
-                let off = self.shared_range(a + add, size, Access::Read, lane, pc)?;
+                let off = self.shared_range(a.wrapping_add(add), size, Access::Read, lane, pc)?;
                 if self.check_shadow {
                     self.shadow_access(off, size, Access::Read, lane, pc)?;
                 }
@@ -482,16 +482,19 @@ impl BlockExec<'_> {
             }
             Loc::Local(a) => {
                 let ls = self.ctx.kernel.local_size as u64;
-                let off = a + add;
-                if off + size as u64 > ls {
+                let off = a.wrapping_add(add);
+                if off.checked_add(size as u64).is_none_or(|end| end > ls) {
                     return Err(self.other_oob("local", Access::Read, off, size, lane, pc));
                 }
                 let base = lane * ls as usize + off as usize;
                 Ok(read_le(&w.local[base..base + size as usize]))
             }
             Loc::Param(a) => {
-                let off = a + add;
-                if off + size as u64 > self.ctx.params.len() as u64 {
+                let off = a.wrapping_add(add);
+                if off
+                    .checked_add(size as u64)
+                    .is_none_or(|end| end > self.ctx.params.len() as u64)
+                {
                     return Err(self.other_oob("param", Access::Read, off, size, lane, pc));
                 }
                 Ok(read_le(
@@ -514,13 +517,13 @@ impl BlockExec<'_> {
     ) -> PtxResult<()> {
         match loc {
             Loc::Global(a) => {
-                self.check_align(a + add, size, Access::Write, lane, pc)?;
-                let p = self.global_ptr(a + add, size, Access::Write, lane, pc)?;
+                self.check_align(a.wrapping_add(add), size, Access::Write, lane, pc)?;
+                let p = self.global_ptr(a.wrapping_add(add), size, Access::Write, lane, pc)?;
                 // SAFETY: as in `load`.
                 unsafe { atomic_store(p, size, v) };
             }
             Loc::Shared(a) => {
-                let off = self.shared_range(a + add, size, Access::Write, lane, pc)?;
+                let off = self.shared_range(a.wrapping_add(add), size, Access::Write, lane, pc)?;
                 if self.check_shadow {
                     self.shadow_access(off, size, Access::Write, lane, pc)?;
                 }
@@ -528,8 +531,8 @@ impl BlockExec<'_> {
             }
             Loc::Local(a) => {
                 let ls = self.ctx.kernel.local_size as u64;
-                let off = a + add;
-                if off + size as u64 > ls {
+                let off = a.wrapping_add(add);
+                if off.checked_add(size as u64).is_none_or(|end| end > ls) {
                     return Err(self.other_oob("local", Access::Write, off, size, lane, pc));
                 }
                 let base = lane * ls as usize + off as usize;
@@ -539,7 +542,7 @@ impl BlockExec<'_> {
                 return Err(self.other_oob(
                     "param (read-only)",
                     Access::Write,
-                    a + add,
+                    a.wrapping_add(add),
                     size,
                     lane,
                     pc,
