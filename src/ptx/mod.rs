@@ -148,9 +148,11 @@
 //! than a GPU, so bit-exact comparisons with a GPU can differ in the last place.
 
 mod alu;
+mod decode;
 mod error;
 mod exec;
 mod float;
+mod inline;
 mod inst;
 mod lex;
 mod machine;
