@@ -1,4 +1,5 @@
-//! The PTX parser: module directives, kernel bodies, and decoding of each instruction.
+//! The PTX parser: module directives, variable declarations and kernel bodies, up to raw
+//! statements whose names are resolved later by `decode`.
 
 use std::collections::{BTreeSet, HashMap};
 
