@@ -429,3 +429,36 @@ fn out_of_line_device_functions_are_inlined() {
         .collect();
     assert_eq!(download::<f32>(&m, dout, n), want);
 }
+
+#[test]
+fn u128_carry_chains_match_host() {
+    let module = module();
+    let m = Machine::default();
+    let mut rng = StdRng::seed_from_u64(18);
+    let n = 100;
+    let mut a: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+    a[0] = u64::MAX;
+    a[1] = u64::MAX;
+    let (da, dout) = (upload(&m, &a), upload(&m, &vec![0u64; 2 * n]));
+    launch(
+        &m,
+        &module,
+        "wide_u128",
+        [1, 1, 1],
+        [128, 1, 1],
+        args(&[da, dout], &[n as i32]),
+    );
+    let out: Vec<u64> = download(&m, dout, 2 * n);
+    for i in 0..n {
+        let mut x = (a[i] as u128)
+            .wrapping_mul(a[(i + 1) % n] as u128)
+            .wrapping_add(a[i] as u128);
+        x = x.wrapping_add((a[i] as u128) << 64);
+        x = x.wrapping_sub((a[(i + 2) % n] as u128) * 3);
+        assert_eq!(
+            (out[2 * i], out[2 * i + 1]),
+            (x as u64, (x >> 64) as u64),
+            "element {i}"
+        );
+    }
+}

@@ -156,6 +156,8 @@ struct Decoder<'a> {
     syms: &'a HashMap<String, Sym>,
     globals: &'a HashMap<String, u32>,
     labels: &'a HashMap<String, u32>,
+    /// The hidden carry-flag register.
+    carry_reg: u32,
 }
 
 fn literal_bits(l: Literal, neg: bool, ty: Ty) -> u64 {
@@ -382,19 +384,54 @@ impl Decoder<'_> {
                     _ => simple(&mut inst, Op::Mov, 1)?,
                 }
             }
-            "add" | "sub" => {
-                if m.has("cc") {
-                    return Err("carry (`.cc`) arithmetic is not implemented".into());
-                }
+            "add" | "sub" | "addc" | "subc" | "madc" if m.has("cc") || m.base.ends_with('c') => {
+                let kind = match m.base {
+                    "add" | "addc" => CarryKind::Add,
+                    "sub" | "subc" => CarryKind::Sub,
+                    _ if m.has("hi") => CarryKind::MadHi,
+                    _ => CarryKind::MadLo,
+                };
+                let carry_in = m.base.ends_with('c');
+                let n = if matches!(kind, CarryKind::Add | CarryKind::Sub) {
+                    2
+                } else {
+                    3
+                };
                 simple(
                     &mut inst,
-                    if m.base == "add" { Op::Add } else { Op::Sub },
-                    2,
-                )?
+                    Op::Carry {
+                        kind,
+                        carry_in,
+                        carry_out: m.has("cc"),
+                    },
+                    n,
+                )?;
+                inst.src[3] = Operand::Reg(self.carry_reg);
+                inst.dst[1] = Operand::Reg(self.carry_reg);
             }
-            "addc" | "subc" | "madc" => {
-                return Err("carry (`.cc`) arithmetic is not implemented".into());
+            "mad" if m.has("cc") => {
+                let kind = if m.has("hi") {
+                    CarryKind::MadHi
+                } else {
+                    CarryKind::MadLo
+                };
+                simple(
+                    &mut inst,
+                    Op::Carry {
+                        kind,
+                        carry_in: false,
+                        carry_out: true,
+                    },
+                    3,
+                )?;
+                inst.src[3] = Operand::Reg(self.carry_reg);
+                inst.dst[1] = Operand::Reg(self.carry_reg);
             }
+            "add" | "sub" => simple(
+                &mut inst,
+                if m.base == "add" { Op::Add } else { Op::Sub },
+                2,
+            )?,
             "mul" | "mad" | "mul24" | "mad24" => {
                 let mode = m.mul_mode();
                 let n = if m.base.starts_with("mul") { 2 } else { 3 };
@@ -808,10 +845,15 @@ pub(super) fn decode_kernel(
     globals: &HashMap<String, u32>,
     files: &HashMap<u32, String>,
 ) -> Kernel {
+    // A hidden register holds each thread's carry flag (`CC.CF`).
+    let mut reg_names = rk.reg_names.clone();
+    let carry_reg = reg_names.len() as u32;
+    reg_names.push("%cc".to_string());
     let dec = Decoder {
         syms: &rk.syms,
         globals,
         labels: &rk.labels,
+        carry_reg,
     };
     let mut insts = Vec::with_capacity(rk.insts.len() + 1);
     let mut texts = Vec::with_capacity(rk.insts.len() + 1);
@@ -850,7 +892,7 @@ pub(super) fn decode_kernel(
         insts,
         texts,
         sources,
-        reg_names: rk.reg_names,
+        reg_names,
         static_shared: rk.static_shared,
         local_size: rk.local_size,
         unsupported,

@@ -696,6 +696,43 @@ impl<'a> BlockExec<'a> {
                     Self::write(w, inst.dst[1], lane, combine(comb, !r, c) as u64);
                 }
             }
+            Op::Carry {
+                kind,
+                carry_in,
+                carry_out,
+            } => {
+                let bits = inst.ty.bits();
+                let m = mask_of(bits) as u128;
+                for lane in Lanes(mask) {
+                    let a = self.val(w, inst.src[0], lane) as u128 & m;
+                    let b = self.val(w, inst.src[1], lane) as u128 & m;
+                    let c = self.val(w, inst.src[2], lane) as u128 & m;
+                    let cin = (carry_in && self.val(w, inst.src[3], lane) != 0) as u128;
+                    let product = |hi: bool| -> u128 {
+                        let p = if inst.ty.is_signed() {
+                            (sext(a as u64, bits) as i128 * sext(b as u64, bits) as i128) as u128
+                        } else {
+                            a * b
+                        };
+                        (if hi { p >> bits } else { p }) & m
+                    };
+                    let (r, cout) = match kind {
+                        CarryKind::Add => {
+                            let r = a + b + cin;
+                            (r, r >> bits != 0)
+                        }
+                        CarryKind::Sub => (a.wrapping_sub(b).wrapping_sub(cin), a < b + cin),
+                        CarryKind::MadLo | CarryKind::MadHi => {
+                            let r = product(kind == CarryKind::MadHi) + c + cin;
+                            (r, r >> bits != 0)
+                        }
+                    };
+                    Self::write(w, inst.dst[0], lane, (r & m) as u64);
+                    if carry_out {
+                        Self::write(w, inst.dst[1], lane, cout as u64);
+                    }
+                }
+            }
             Op::Pack => {
                 let eb = inst.ty2.bits();
                 for lane in Lanes(mask) {

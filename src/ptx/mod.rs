@@ -100,7 +100,8 @@
 //! # Supported instructions
 //!
 //! - Integer: `add sub mul(.lo/.hi/.wide) mad(.lo/.hi/.wide) mul24 mad24 sad div rem abs neg
-//!   min max`, `.sat` on `s32` add/sub; bits: `and or xor not cnot shl shr bfe bfi popc clz
+//!   min max`, `.sat` on `s32` add/sub, carry chains (`add.cc addc sub.cc subc mad.cc madc`);
+//!   bits: `and or xor not cnot shl shr bfe bfi popc clz
 //!   brev bfind prmt lop3 shf`.
 //! - Float (f32, f64; f16/bf16 for the basic ops): `add sub mul fma mad div(.rn/.full/.approx)
 //!   abs neg min max(.NaN) copysign rcp sqrt rsqrt ex2 lg2 sin cos tanh testp`, with `.ftz`,
@@ -137,10 +138,11 @@
 //! Unsupported, reported as [`PtxError::Unsupported`] at launch (and listed by
 //! [`unsupported_opcodes`]): recursive, indirect or predicated `call`s (direct calls of
 //! `.func`s are inlined at load, so `__noinline__` helpers and `-G` builds work; the
-//! runtime's `vprintf` and `__assertfail` are built in), carry arithmetic (`add.cc`, `addc`, ...),
-//! `bar.arrive`, barriers over a subset of the block,
-//! packed half arithmetic (`.f16x2`), tensor-core instructions (`mma`, `ldmatrix`, `wmma`),
-//! texture and surface instructions, `prmt` modes other than the default, indirect branches.
+//! runtime's `vprintf` and `__assertfail` are built in), `bar.arrive`, barriers over a
+//! subset of the block, packed half arithmetic (`.f16x2`), tensor-core instructions (`mma`,
+//! `ldmatrix`, `wmma`), texture and surface instructions, `prmt` modes other than the
+//! default, indirect branches, 128-bit loads and stores, cluster and TMA instructions
+//! (sm_90).
 //! Directed rounding (`.rz/.rm/.rp`) is exact for f32 `add/sub/mul/fma/div` and f64
 //! `add/sub/mul/div`; f64 `fma` and half conversions round to nearest. Approximate
 //! instructions (`ex2`, `lg2`, `sin`, `cos`, `rsqrt`, `tanh`, `rcp.approx`, ...) return the

@@ -720,3 +720,35 @@ fn machine_and_module_can_be_shared_across_threads() {
     shareable::<Module>();
     shareable::<PtxError>();
 }
+
+#[test]
+fn carry_chains_add_subtract_and_multiply_wide_numbers() {
+    let got = eval(
+        "
+    add.cc.u32 %r1, 0xFFFFFFFF, 1;
+    addc.u32 %r2, 5, 6;
+    sub.cc.u32 %r3, 0, 1;
+    subc.u32 %r4, 10, 3;
+    mad.lo.cc.u32 %r5, 0x80000000, 2, 1;
+    madc.hi.u32 %r6, 0x80000000, 2, 0;
+    add.cc.u32 %r7, 1, 1;
+    addc.cc.u32 %r8, 0xFFFFFFFF, 0;
+    addc.u32 %r9, 0, 0;
+    ",
+        &[
+            "%r1", "%r2", "%r3", "%r4", "%r5", "%r6", "%r7", "%r8", "%r9",
+        ],
+    );
+    assert_eq!(
+        &got[..2],
+        &[0, 12],
+        "carry out of the low word into the high word"
+    );
+    assert_eq!(&got[2..4], &[u32::MAX, 6], "borrow");
+    assert_eq!(
+        &got[4..6],
+        &[1, 1],
+        "lo(2^31 * 2) = 0 + 1, hi = 1 + no carry"
+    );
+    assert_eq!(&got[6..], &[2, u32::MAX, 0]);
+}

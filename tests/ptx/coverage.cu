@@ -189,3 +189,14 @@ extern "C" __global__ void calls_noinline(const float* x, float* out, int n) {
     float r = (i % 3 == 0) ? weighted(x, i, 0.5f) : (float)collatz_steps(i + 7);
     out[i] = r;
 }
+
+// 128-bit integers: nvcc lowers them to carry chains (add.cc/addc, mad.lo.cc/madc).
+extern "C" __global__ void wide_u128(const unsigned long long* a, unsigned long long* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned __int128 x = (unsigned __int128)a[i] * a[(i + 1) % n] + a[i];
+    x += (unsigned __int128)a[i] << 64;
+    x -= (unsigned __int128)a[(i + 2) % n] * 3u;
+    out[2 * i] = (unsigned long long)x;
+    out[2 * i + 1] = (unsigned long long)(x >> 64);
+}
