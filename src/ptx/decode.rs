@@ -570,18 +570,19 @@ impl Decoder<'_> {
             }
             "cvt" => {
                 need(2)?;
-                if ops.len() > 2 {
-                    return Err(
-                        "packing conversions (`cvt` with two sources) are not implemented".into(),
-                    );
-                }
                 inst.op = Op::Cvt;
                 inst.ty = m.ty(0)?;
                 inst.ty2 = m.ty(1)?;
-                if matches!(inst.ty, Ty::F16x2 | Ty::Bf16x2)
-                    || matches!(inst.ty2, Ty::F16x2 | Ty::Bf16x2)
-                {
-                    return Err("packed half conversions are not implemented".into());
+                if matches!(inst.ty2, Ty::F16x2 | Ty::Bf16x2) {
+                    return Err("conversions from packed halves are not implemented".into());
+                }
+                if matches!(inst.ty, Ty::F16x2 | Ty::Bf16x2) {
+                    // `cvt.rn.f16x2.f32 d, a, b`: `a` goes to the upper half, `b` the lower.
+                    need(3)?;
+                    if inst.ty2 != Ty::F32 {
+                        return Err("packed half conversions take f32 sources".into());
+                    }
+                    inst.src[1] = self.operand(&ops[2], inst.ty2)?;
                 }
                 inst.dst[0] = self.operand(&ops[0], inst.ty)?;
                 inst.src[0] = self.operand(&ops[1], inst.ty2)?;

@@ -103,7 +103,7 @@
 //!   min max`, `.sat` on `s32` add/sub, carry chains (`add.cc addc sub.cc subc mad.cc madc`);
 //!   bits: `and or xor not cnot shl shr bfe bfi popc clz
 //!   brev bfind prmt lop3 shf`.
-//! - Float (f32, f64; f16/bf16 for the basic ops): `add sub mul fma mad div(.rn/.full/.approx)
+//! - Float (f32, f64; f16, bf16 and packed `.f16x2`/`.bf16x2` for the basic ops): `add sub mul fma mad div(.rn/.full/.approx)
 //!   abs neg min max(.NaN) copysign rcp sqrt rsqrt ex2 lg2 sin cos tanh testp`, with `.ftz`,
 //!   `.sat` and rounding modifiers.
 //! - Compare and select: `setp` (all comparisons incl. unordered, `.and/.or/.xor` combining,
@@ -139,7 +139,8 @@
 //! [`unsupported_opcodes`]): recursive, indirect or predicated `call`s (direct calls of
 //! `.func`s are inlined at load, so `__noinline__` helpers and `-G` builds work; the
 //! runtime's `vprintf` and `__assertfail` are built in), `bar.arrive`, barriers over a
-//! subset of the block, packed half arithmetic (`.f16x2`), tensor-core instructions (`mma`,
+//! subset of the block, packed-half comparisons and conversions from packed halves (packed
+//! `add sub mul fma min max neg abs` and `cvt.rn.f16x2.f32` work), tensor-core instructions (`mma`,
 //! `ldmatrix`, `wmma`), texture and surface instructions, `prmt` modes other than the
 //! default, indirect branches, 128-bit loads and stores, cluster and TMA instructions
 //! (sm_90).

@@ -752,3 +752,31 @@ fn carry_chains_add_subtract_and_multiply_wide_numbers() {
     );
     assert_eq!(&got[6..], &[2, u32::MAX, 0]);
 }
+
+#[test]
+fn packed_half_arithmetic_and_conversions() {
+    let got = eval(
+        "
+    cvt.rn.f16x2.f32 %r1, 0f40400000, 0f3F000000;
+    cvt.rn.f16x2.f32 %r2, 0f3F800000, 0fC0000000;
+    add.rn.f16x2 %r3, %r1, %r2;
+    fma.rn.f16x2 %r4, %r1, %r2, %r1;
+    mov.b32 {%rs1, %rs2}, %r3;
+    cvt.f32.f16 %f1, %rs2;
+    mov.b32 %r5, %f1;
+    cvt.rn.bf16x2.f32 %r6, 0f3F800000, 0f40000000;
+    ",
+        &["%r1", "%r3", "%r4", "%r5", "%r6"],
+    );
+    let h = |v: f32| half::f16::from_f32(v).to_bits() as u32;
+    assert_eq!(
+        got[0],
+        h(3.0) << 16 | h(0.5),
+        "upper half from the first source"
+    );
+    assert_eq!(got[1], h(4.0) << 16 | h(-1.5));
+    assert_eq!(got[2], h(6.0) << 16 | h(-0.5));
+    assert_eq!(f32::from_bits(got[3]), 4.0);
+    let b = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+    assert_eq!(got[4], b(1.0) << 16 | b(2.0));
+}
