@@ -101,11 +101,10 @@
 //!
 //! - Integer: `add sub mul(.lo/.hi/.wide) mad(.lo/.hi/.wide) mul24 mad24 sad div rem abs neg
 //!   min max`, `.sat` on `s32` add/sub, carry chains (`add.cc addc sub.cc subc mad.cc madc`);
-//!   bits: `and or xor not cnot shl shr bfe bfi popc clz
-//!   brev bfind prmt lop3 shf`.
-//! - Float (f32, f64; f16, bf16 and packed `.f16x2`/`.bf16x2` for the basic ops): `add sub mul fma mad div(.rn/.full/.approx)
-//!   abs neg min max(.NaN) copysign rcp sqrt rsqrt ex2 lg2 sin cos tanh testp`, with `.ftz`,
-//!   `.sat` and rounding modifiers.
+//!   bits: `and or xor not cnot shl shr bfe bfi popc clz brev bfind prmt lop3 shf`.
+//! - Float: `add sub mul fma mad div(.rn/.full/.approx) abs neg min max(.NaN) copysign rcp
+//!   sqrt rsqrt ex2 lg2 sin cos tanh testp` on f32 and f64, with `.ftz`, `.sat` and rounding
+//!   modifiers; `add sub mul fma min max abs neg` also on f16, bf16, `.f16x2` and `.bf16x2`.
 //! - Compare and select: `setp` (all comparisons incl. unordered, `.and/.or/.xor` combining,
 //!   `p|q` outputs), `set`, `selp`, `slct`.
 //! - Conversion: `cvt` between every integer and float type (f16, bf16, f32, f64) with
@@ -139,11 +138,10 @@
 //! [`unsupported_opcodes`]): recursive, indirect or predicated `call`s (direct calls of
 //! `.func`s are inlined at load, so `__noinline__` helpers and `-G` builds work; the
 //! runtime's `vprintf` and `__assertfail` are built in), `bar.arrive`, barriers over a
-//! subset of the block, packed-half comparisons and conversions from packed halves (packed
-//! `add sub mul fma min max neg abs` and `cvt.rn.f16x2.f32` work), tensor-core instructions (`mma`,
-//! `ldmatrix`, `wmma`), texture and surface instructions, `prmt` modes other than the
-//! default, indirect branches, 128-bit loads and stores, cluster and TMA instructions
-//! (sm_90).
+//! subset of the block, comparisons of and conversions from packed halves, tensor-core
+//! instructions (`mma`, `ldmatrix`, `wmma`), texture and surface instructions, `prmt` modes
+//! other than the default, indirect branches, 128-bit loads and stores, cluster and TMA
+//! instructions (sm_90).
 //! Directed rounding (`.rz/.rm/.rp`) is exact for f32 `add/sub/mul/fma/div` and f64
 //! `add/sub/mul/div`; f64 `fma` and half conversions round to nearest. Approximate
 //! instructions (`ex2`, `lg2`, `sin`, `cos`, `rsqrt`, `tanh`, `rcp.approx`, ...) return the
