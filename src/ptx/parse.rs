@@ -482,7 +482,10 @@ fn parse_entry(
         if let Tok::Ident(s) = &t {
             match s.as_str() {
                 ".reg" => {
-                    parse_reg_decl(p, &mut k.reg_names, scopes.last_mut().expect("scope"))?;
+                    let Some(scope) = scopes.last_mut() else {
+                        return p.err("`.reg` outside a body");
+                    };
+                    parse_reg_decl(p, &mut k.reg_names, scope)?;
                     continue;
                 }
                 ".shared" | ".local" | ".extern" => {
@@ -520,7 +523,9 @@ fn parse_entry(
                     k.local_size = off.saturating_add(v.size as u32);
                     let unique = format!("{CALL_PARAM_PREFIX}{}", k.call_params.len());
                     k.syms.insert(unique, Sym::CallParam(off));
-                    let scope = scopes.last_mut().expect("scope");
+                    let Some(scope) = scopes.last_mut() else {
+                        return p.err("`.param` outside a body");
+                    };
                     scope.insert(v.name, CALL_PARAM_FLAG | k.call_params.len() as u32);
                     k.call_params.push(off);
                     continue;
