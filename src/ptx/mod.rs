@@ -60,7 +60,9 @@
 //!   a live lane named in the member mask but not converged there is reported as a fault.
 //! - Global memory is shared by all blocks and updated with real atomics (relaxed order), so
 //!   `atom`/`red` are atomic across blocks running at the same time.
-//! - Registers, local and shared memory start zeroed (a GPU leaves them undefined).
+//! - Registers, local and shared memory start zeroed (a GPU leaves them undefined); new
+//!   allocations are zeroed too, or filled with `0xFF` under
+//!   [`LaunchOptions::poison_allocations`] to expose reads of memory nothing wrote.
 //!
 //! # Checks
 //!

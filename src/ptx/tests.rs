@@ -780,3 +780,21 @@ fn packed_half_arithmetic_and_conversions() {
     let b = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
     assert_eq!(got[4], b(1.0) << 16 | b(2.0));
 }
+
+#[test]
+fn poisoned_allocations_read_as_nan() {
+    let m = Machine::new(LaunchOptions {
+        poison_allocations: true,
+        ..LaunchOptions::default()
+    });
+    let a = m.alloc(8);
+    let mut b = [0u8; 8];
+    m.read(a, &mut b).unwrap();
+    assert!(f32::from_le_bytes(b[..4].try_into().unwrap()).is_nan());
+    assert_eq!(i32::from_le_bytes(b[4..].try_into().unwrap()), -1);
+    let z = Machine::default().alloc(8);
+    assert_eq!(
+        z, GLOBAL_BASE,
+        "fresh machines hand out the same first address"
+    );
+}
