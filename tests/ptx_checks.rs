@@ -302,3 +302,82 @@ fn failed_device_assert_is_reported_with_its_message() {
         other => panic!("expected a failed assertion, got {other}"),
     }
 }
+
+#[test]
+fn warp_synchronous_code_without_syncwarp_is_flagged_in_strict_mode() {
+    let (module, m, dx, dy) = setup(32);
+    let strict = LaunchOptions {
+        check_warp_sync: true,
+        ..LaunchOptions::default()
+    };
+    for kernel in ["warp_reduce_no_syncwarp", "warp_reduce_syncwarp"] {
+        let p = params(&module, kernel, &[&dx.to_le_bytes(), &dy.to_le_bytes()]);
+        // The default treats the warp as lockstep: both versions run and sum 0 + 1 + ... + 31.
+        m.launch(&module, kernel, [1, 1, 1], [32, 1, 1], 0, &p)
+            .unwrap();
+        let mut y = [0u8; 4];
+        m.read(dy, &mut y).unwrap();
+        assert_eq!(f32::from_le_bytes(y), 496.0, "{kernel}");
+        let strict_result = m.launch_with(&module, kernel, [1, 1, 1], [32, 1, 1], 0, &p, &strict);
+        if kernel == "warp_reduce_syncwarp" {
+            strict_result.unwrap();
+        } else {
+            match strict_result.unwrap_err() {
+                PtxError::SharedRace {
+                    site, other_thread, ..
+                } => {
+                    assert_eq!(site.kernel, kernel);
+                    assert_eq!(site.thread[0] / 32, other_thread[0] / 32, "same warp");
+                }
+                other => panic!("expected an intra-warp race, got {other}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_or_corrupted_ptx_is_an_error_not_a_panic() {
+    let text = include_str!("ptx/kernels.ptx");
+    let bytes = text.as_bytes();
+    for cut in (0..bytes.len()).step_by(bytes.len() / 300 + 1) {
+        let Ok(prefix) = std::str::from_utf8(&bytes[..cut]) else {
+            continue;
+        };
+        let _ = Module::parse(prefix);
+        let _ = labelwise::ptx::unsupported_opcodes(prefix);
+    }
+    // Flip punctuation here and there.
+    let mut state = 12345u64;
+    for _ in 0..200 {
+        let mut corrupted = bytes.to_vec();
+        for _ in 0..5 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let i = (state >> 33) as usize % corrupted.len();
+            corrupted[i] = b"{}[];,%.@!|<>+-0"[(state >> 20) as usize % 16];
+        }
+        if let Ok(s) = std::str::from_utf8(&corrupted) {
+            if let Ok(module) = Module::parse(s) {
+                // Whatever decodes must also launch without panicking (errors are fine).
+                let m = Machine::default();
+                for name in module.kernel_names() {
+                    let size = module.kernel(name).unwrap().param_size() as usize;
+                    let opts = LaunchOptions {
+                        max_warp_steps_per_block: Some(100_000),
+                        ..LaunchOptions::default()
+                    };
+                    let _ = m.launch_with(
+                        &module,
+                        name,
+                        [1, 1, 1],
+                        [32, 1, 1],
+                        64,
+                        &vec![0; size],
+                        &opts,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -390,3 +390,75 @@ fn barrier_reductions_and_device_printf() {
     let line = format!("thread 3 of 96: count {count}, v={:.2} ok\n", x[3]);
     assert_eq!(stats.printf, vec![line]);
 }
+
+#[test]
+fn out_of_line_device_functions_are_inlined() {
+    let module = module();
+    let m = Machine::default();
+    let n = 200;
+    let x: Vec<f32> = (0..n + 4).map(|i| (i % 13) as f32 * 0.25).collect();
+    let (dx, dout) = (upload(&m, &x), upload(&m, &vec![f32::NAN; n]));
+    launch(
+        &m,
+        &module,
+        "calls_noinline",
+        [2, 1, 1],
+        [128, 1, 1],
+        args(&[dx, dout], &[n as i32]),
+    );
+    let collatz = |mut v: i32| {
+        let mut steps = 0;
+        while v > 1 {
+            if steps > 200 {
+                return -1;
+            }
+            v = if v & 1 == 1 { 3 * v + 1 } else { v / 2 };
+            steps += 1;
+        }
+        steps
+    };
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                let j = i & 3;
+                x[i + j] * (0.5 + j as f32) + collatz(i as i32 + 1) as f32
+            } else {
+                collatz(i as i32 + 7) as f32
+            }
+        })
+        .collect();
+    assert_eq!(download::<f32>(&m, dout, n), want);
+}
+
+#[test]
+fn u128_carry_chains_match_host() {
+    let module = module();
+    let m = Machine::default();
+    let mut rng = StdRng::seed_from_u64(18);
+    let n = 100;
+    let mut a: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+    a[0] = u64::MAX;
+    a[1] = u64::MAX;
+    let (da, dout) = (upload(&m, &a), upload(&m, &vec![0u64; 2 * n]));
+    launch(
+        &m,
+        &module,
+        "wide_u128",
+        [1, 1, 1],
+        [128, 1, 1],
+        args(&[da, dout], &[n as i32]),
+    );
+    let out: Vec<u64> = download(&m, dout, 2 * n);
+    for i in 0..n {
+        let mut x = (a[i] as u128)
+            .wrapping_mul(a[(i + 1) % n] as u128)
+            .wrapping_add(a[i] as u128);
+        x = x.wrapping_add((a[i] as u128) << 64);
+        x = x.wrapping_sub((a[(i + 2) % n] as u128) * 3);
+        assert_eq!(
+            (out[2 * i], out[2 * i + 1]),
+            (x as u64, (x >> 64) as u64),
+            "element {i}"
+        );
+    }
+}

@@ -312,9 +312,33 @@ pub(crate) fn lop3(a: u64, b: u64, c: u64, lut: u64) -> u64 {
     r & 0xffff_ffff
 }
 
+/// Packed halves (`.f16x2`, `.bf16x2`): the scalar operation on each 16-bit half; `cvt` to a
+/// packed type converts two f32 sources.
+fn alu_packed(inst: &Inst, s: [u64; 4]) -> u64 {
+    let half = if inst.ty == Ty::F16x2 {
+        Ty::F16
+    } else {
+        Ty::Bf16
+    };
+    let mut scalar = inst.clone();
+    scalar.ty = half;
+    if inst.op == Op::Cvt {
+        let (hi, lo) = (alu(&scalar, [s[0], 0, 0, 0]), alu(&scalar, [s[1], 0, 0, 0]));
+        return (hi & 0xffff) << 16 | (lo & 0xffff);
+    }
+    let part = |shift: u32| -> u64 {
+        let h = |x: u64| (x >> shift) & 0xffff;
+        alu(&scalar, [h(s[0]), h(s[1]), h(s[2]), h(s[3])]) & 0xffff
+    };
+    part(16) << 16 | part(0)
+}
+
 /// Pure per-lane semantics of every instruction with one destination register and no
 /// memory or cross-lane effects.
 pub(crate) fn alu(inst: &Inst, s: [u64; 4]) -> u64 {
+    if matches!(inst.ty, Ty::F16x2 | Ty::Bf16x2) {
+        return alu_packed(inst, s);
+    }
     let ty = inst.ty;
     let bits = ty.bits();
     let m = mask_of(bits);
@@ -413,7 +437,7 @@ pub(crate) fn alu(inst: &Inst, s: [u64; 4]) -> u64 {
         }
         Op::Sad => {
             let diff = if signed {
-                (sext(a, bits) - sext(b, bits)).unsigned_abs()
+                (sext(a, bits) as i128 - sext(b, bits) as i128).unsigned_abs() as u64
             } else {
                 (a & m).abs_diff(b & m)
             };

@@ -72,6 +72,32 @@ impl Iterator for Lanes {
     }
 }
 
+/// `d = a * b + c` on the f32 bits of 32 lanes, rounded once.
+#[inline]
+fn fma_lanes(a: &[u64; 32], b: &[u64; 32], c: &[u64; 32], d: &mut [u64; 32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports FMA, checked just above.
+            unsafe { fma_lanes_hw(a, b, c, d) };
+            return;
+        }
+    }
+    for i in 0..32 {
+        d[i] = f32b(f32v(a[i]).mul_add(f32v(b[i]), f32v(c[i])));
+    }
+}
+
+/// [`fma_lanes`] compiled with the FMA instruction set, so `mul_add` is one instruction
+/// rather than a libm call (the default x86-64 target has no FMA).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn fma_lanes_hw(a: &[u64; 32], b: &[u64; 32], c: &[u64; 32], d: &mut [u64; 32]) {
+    for i in 0..32 {
+        d[i] = f32b(f32v(a[i]).mul_add(f32v(b[i]), f32v(c[i])));
+    }
+}
+
 impl Warp {
     /// Moves the active lanes past a non-branching instruction and lets waiting lanes at the
     /// new pc join them (reconvergence).
@@ -111,20 +137,29 @@ impl Warp {
     }
 }
 
-/// Shadow state of one shared byte for the race and initialisation checks.
+/// Shadow state of one shared byte for the race and initialisation checks, 16 bytes so the
+/// shadow of a typical tile stays in the L1 cache. Steps are [`BlockExec::step`] stamps (0:
+/// never); an access belongs to the current barrier interval when its stamp is later than
+/// `barrier_step`.
 #[derive(Clone, Copy, Default)]
 struct Shadow {
-    w_epoch: u32,
+    /// Last write: stamp, thread, instruction index (saturated at `u16::MAX`).
     w_step: u32,
-    w_pc: u32,
     w_tid: u16,
-    r_warp: u16,
-    r_epoch: u32,
-    r_pc: u32,
+    w_pc: u16,
+    /// First read of the interval: stamp, thread (`MANY_WARPS` set once a second warp read),
+    /// instruction index.
+    r_step: u32,
     r_tid: u16,
+    r_pc: u16,
 }
 
-const MANY_WARPS: u16 = u16::MAX;
+/// Warp instructions a warp runs before the next warp's turn. Long slices keep a warp's
+/// registers in cache; the slice only matters for warps that wait on each other by spinning.
+const WARP_SLICE: u64 = 1 << 14;
+
+/// Flag in `Shadow::r_tid`: threads of more than one warp read the byte in this interval.
+const MANY_WARPS: u16 = 0x8000;
 
 /// Executes blocks of one launch, one at a time; each worker thread owns one.
 pub(crate) struct BlockExec<'a> {
@@ -135,11 +170,15 @@ pub(crate) struct BlockExec<'a> {
     shared: Vec<u8>,
     shadow: Vec<Shadow>,
     check_shadow: bool,
-    /// Barrier epoch: increases at every barrier release and every block start.
-    epoch: u32,
-    block_epoch: u32,
-    /// Warp steps in this block (the `%clock` value and the per-instruction stamp).
+    /// Warp steps executed by this executor: a unique stamp per warp instruction, never reset
+    /// between blocks (so stale shadow entries look old), restarted only before it overflows.
     step: u64,
+    /// `step` of each warp's last warp-synchronising instruction (`bar.warp.sync`,
+    /// `shfl.sync`, `vote.sync`, ...), for the strict intra-warp race check.
+    warp_sync_step: Vec<u64>,
+    /// `step` when the current block started, and when its last barrier opened.
+    block_step: u64,
+    barrier_step: u64,
     warps: Vec<Warp>,
     cur_warp: u32,
     region_hint: usize,
@@ -178,8 +217,9 @@ impl<'a> BlockExec<'a> {
                 Vec::new()
             },
             check_shadow,
-            epoch: 0,
-            block_epoch: 0,
+            block_step: 0,
+            barrier_step: 0,
+            warp_sync_step: vec![0; nwarps as usize],
             step: 0,
             warps,
             cur_warp: 0,
@@ -191,6 +231,11 @@ impl<'a> BlockExec<'a> {
             red_all: true,
             red_any: false,
         }
+    }
+
+    /// Records that the current warp executed a warp-synchronising instruction.
+    fn warp_synced(&mut self) {
+        self.warp_sync_step[self.cur_warp as usize] = self.step;
     }
 
     /// Adds this executor's instruction counts to the launch totals.
@@ -235,9 +280,14 @@ impl<'a> BlockExec<'a> {
             (linear / (gx * gy)) as u32,
         ];
         self.shared.fill(0);
-        self.epoch += 1;
-        self.block_epoch = self.epoch;
-        self.step = 0;
+        if self.step > (u32::MAX / 2) as u64 {
+            // Shadow stamps are 32-bit: start over before they could wrap within a block.
+            self.shadow.fill(Shadow::default());
+            self.step = 0;
+        }
+        self.step += 1;
+        self.block_step = self.step;
+        self.barrier_step = self.step;
         self.trace = None;
         if let Some((b, t)) = self.ctx.options.trace_thread {
             let [bx, by, _] = self.ctx.block;
@@ -271,17 +321,24 @@ impl<'a> BlockExec<'a> {
 
     fn run_warps(&mut self, warps: &mut [Warp]) -> PtxResult<()> {
         loop {
-            for (wi, w) in warps.iter_mut().enumerate() {
-                if w.active != 0 {
-                    self.cur_warp = wi as u32;
-                    self.run_warp(w)?;
+            // Round-robin in slices, so a warp spinning on a flag another warp sets (through
+            // shared or global memory) lets that warp run.
+            let mut any_ran = true;
+            while any_ran {
+                any_ran = false;
+                for (wi, w) in warps.iter_mut().enumerate() {
+                    if w.active != 0 {
+                        self.cur_warp = wi as u32;
+                        self.run_warp(w)?;
+                        any_ran = true;
+                    }
                 }
             }
             // Every warp now waits at the barrier or has exited.
             if warps.iter().all(|w| w.live == 0) || self.ctx.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            self.epoch += 1;
+            self.barrier_step = self.step;
             let red = (self.red_count, self.red_all, self.red_any);
             (self.red_count, self.red_all, self.red_any) = (0, true, false);
             for w in warps.iter_mut() {
@@ -323,7 +380,8 @@ impl<'a> BlockExec<'a> {
             .options
             .max_warp_steps_per_block
             .unwrap_or(u64::MAX);
-        while w.active != 0 {
+        let slice_end = self.step + WARP_SLICE;
+        while w.active != 0 && self.step < slice_end {
             let pc = w.cur as usize;
             let inst = &kernel.insts[pc];
             let active = w.active;
@@ -334,7 +392,7 @@ impl<'a> BlockExec<'a> {
             self.step += 1;
             self.warp_instrs += 1;
             self.thread_instrs += active.count_ones() as u64;
-            if self.step > limit {
+            if self.step - self.block_step > limit {
                 let lane = active.trailing_zeros() as usize;
                 return Err(self.fault(lane, pc, "step limit exceeded (kernel hung?)"));
             }
@@ -496,8 +554,8 @@ impl<'a> BlockExec<'a> {
             Special::SmId => rayon::current_thread_index().unwrap_or(0) as u32,
             Special::NSmId => rayon::current_num_threads() as u32,
             Special::GridId => 0,
-            Special::Clock => self.step as u32,
-            Special::Clock64 | Special::GlobalTimer => return self.step,
+            Special::Clock => (self.step - self.block_step) as u32,
+            Special::Clock64 | Special::GlobalTimer => return self.step - self.block_step,
             Special::LaneMaskEq => 1 << l,
             Special::LaneMaskLt => (1u32 << l) - 1,
             Special::LaneMaskLe => ((1u64 << (l + 1)) - 1) as u32,
@@ -614,6 +672,9 @@ impl<'a> BlockExec<'a> {
                     );
                     self.check_align(dst, total, Access::Write, lane, pc)?;
                     self.check_align(src, total, Access::Read, lane, pc)?;
+                    if total == 0 {
+                        continue;
+                    }
                     let chunk = total.min(4);
                     for off in (0..total).step_by(chunk as usize) {
                         let v = if off < src_bytes {
@@ -633,6 +694,43 @@ impl<'a> BlockExec<'a> {
                     let r = compare(cmp, inst.ty2, a, b, inst.ftz);
                     Self::write(w, inst.dst[0], lane, combine(comb, r, c) as u64);
                     Self::write(w, inst.dst[1], lane, combine(comb, !r, c) as u64);
+                }
+            }
+            Op::Carry {
+                kind,
+                carry_in,
+                carry_out,
+            } => {
+                let bits = inst.ty.bits();
+                let m = mask_of(bits) as u128;
+                for lane in Lanes(mask) {
+                    let a = self.val(w, inst.src[0], lane) as u128 & m;
+                    let b = self.val(w, inst.src[1], lane) as u128 & m;
+                    let c = self.val(w, inst.src[2], lane) as u128 & m;
+                    let cin = (carry_in && self.val(w, inst.src[3], lane) != 0) as u128;
+                    let product = |hi: bool| -> u128 {
+                        let p = if inst.ty.is_signed() {
+                            (sext(a as u64, bits) as i128 * sext(b as u64, bits) as i128) as u128
+                        } else {
+                            a * b
+                        };
+                        (if hi { p >> bits } else { p }) & m
+                    };
+                    let (r, cout) = match kind {
+                        CarryKind::Add => {
+                            let r = a + b + cin;
+                            (r, r >> bits != 0)
+                        }
+                        CarryKind::Sub => (a.wrapping_sub(b).wrapping_sub(cin), a < b + cin),
+                        CarryKind::MadLo | CarryKind::MadHi => {
+                            let r = product(kind == CarryKind::MadHi) + c + cin;
+                            (r, r >> bits != 0)
+                        }
+                    };
+                    Self::write(w, inst.dst[0], lane, (r & m) as u64);
+                    if carry_out {
+                        Self::write(w, inst.dst[1], lane, cout as u64);
+                    }
                 }
             }
             Op::Pack => {
@@ -663,8 +761,12 @@ impl<'a> BlockExec<'a> {
                     }
                 }
             }
-            Op::Shfl(mode) => self.shfl(w, inst, mask, mode, pc)?,
+            Op::Shfl(mode) => {
+                self.warp_synced();
+                self.shfl(w, inst, mask, mode, pc)?
+            }
             Op::Vote(mode) => {
+                self.warp_synced();
                 let member = self.member_mask(w, inst.src[1], mask, pc)?;
                 let mut ballot = 0u32;
                 for lane in Lanes(mask) {
@@ -689,6 +791,7 @@ impl<'a> BlockExec<'a> {
                 }
             }
             Op::Redux(op) => {
+                self.warp_synced();
                 let member = self.member_mask(w, inst.src[1], mask, pc)?;
                 let group = mask & member;
                 let mut acc: Option<u64> = None;
@@ -704,6 +807,7 @@ impl<'a> BlockExec<'a> {
                 }
             }
             Op::MatchAny | Op::MatchAll => {
+                self.warp_synced();
                 let member = self.member_mask(w, inst.src[1], mask, pc)?;
                 let group = mask & member;
                 let m = mask_of(inst.ty.bits());
@@ -723,7 +827,8 @@ impl<'a> BlockExec<'a> {
                     Self::write(w, inst.dst[1], lane, p as u64);
                 }
             }
-            Op::Nop | Op::BarWarp | Op::Trap => {}
+            Op::BarWarp => self.warp_synced(),
+            Op::Nop | Op::Trap => {}
             Op::AssertFail => {
                 let lane = mask.trailing_zeros() as usize;
                 let arg = |i: usize| -> u64 {
@@ -839,9 +944,7 @@ impl<'a> BlockExec<'a> {
                     }
                     Fast::FmaF32 => {
                         let c = self.gather(w, inst.src[2]);
-                        for i in 0..32 {
-                            d[i] = f32b(f32v(a[i]).mul_add(f32v(b[i]), f32v(c[i])));
-                        }
+                        fma_lanes(&a, &b, &c, &mut d);
                     }
                     Fast::Selp => {
                         let c = self.gather(w, inst.src[2]);

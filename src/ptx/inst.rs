@@ -234,6 +234,15 @@ pub(crate) enum MulMode {
     Wide,
 }
 
+/// The arithmetic of a carry instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CarryKind {
+    Add,
+    Sub,
+    MadLo,
+    MadHi,
+}
+
 /// Read-modify-write operation of `atom`/`red`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AtomOp {
@@ -301,6 +310,14 @@ pub(crate) enum Op {
     Mul24(MulMode),
     Mad24(MulMode),
     Sad,
+    /// Extended-precision arithmetic through the carry flag (`add.cc`, `addc`, `sub.cc`,
+    /// `subc`, `mad.lo.cc`, `madc.hi`, ...): `src[3]` is the flag register, read when
+    /// `carry_in`, written (as `dst[1]`) when `carry_out`.
+    Carry {
+        kind: CarryKind,
+        carry_in: bool,
+        carry_out: bool,
+    },
     Fma,
     Div,
     Rem,

@@ -36,9 +36,10 @@ pub(crate) struct Allocation {
 }
 
 impl Allocation {
-    fn new(base: u64, size: u64) -> Allocation {
+    fn new(base: u64, size: u64, fill: u8) -> Allocation {
+        let word = u64::from_ne_bytes([fill; 8]);
         let words = (0..size.div_ceil(8).max(1))
-            .map(|_| AtomicU64::new(0))
+            .map(|_| AtomicU64::new(word))
             .collect();
         Allocation { base, size, words }
     }
@@ -68,6 +69,15 @@ unsafe impl Sync for Region {}
 pub struct LaunchOptions {
     /// Report two threads of a block touching one shared byte between barriers (one writing).
     pub check_shared_races: bool,
+    /// Also report races between lanes of one warp that no warp-synchronising instruction
+    /// (`__syncwarp`, `__shfl_sync`, `__ballot_sync`, ...) orders: since Volta, lanes of a
+    /// warp are not guaranteed to run in lockstep, so warp-synchronous code through shared
+    /// memory needs `__syncwarp`. Off by default (the default treats a warp as lockstep).
+    pub check_warp_sync: bool,
+    /// Fill new allocations with `0xFF` bytes (NaN as f32, -1 as integers) instead of zeros,
+    /// so code that reads device memory it never wrote shows it (`cudaMalloc` does not zero).
+    /// A machine-level option: it applies to [`Machine::alloc`] of the machine created with it.
+    pub poison_allocations: bool,
     /// Report reads of shared bytes that no thread of the block wrote before.
     pub check_uninitialized_shared: bool,
     /// Run blocks on all rayon threads (`false`: one after another, in order).
@@ -85,6 +95,8 @@ impl Default for LaunchOptions {
     fn default() -> Self {
         LaunchOptions {
             check_shared_races: true,
+            check_warp_sync: false,
+            poison_allocations: false,
             check_uninitialized_shared: false,
             parallel: true,
             trace_thread: None,
@@ -98,7 +110,9 @@ impl LaunchOptions {
     /// The defaults, changed by environment variables so a whole program can be checked or
     /// traced without code changes:
     /// - `LABELWISE_PTX_RACES=0` turns the shared-memory race check off;
+    /// - `LABELWISE_PTX_WARP_SYNC=1` turns the strict intra-warp race check on;
     /// - `LABELWISE_PTX_UNINIT=1` turns the uninitialised-shared-read check on;
+    /// - `LABELWISE_PTX_POISON=1` fills new allocations with `0xFF` bytes;
     /// - `LABELWISE_PTX_SERIAL=1` runs blocks one after another, in order;
     /// - `LABELWISE_PTX_TRACE=bx,by,bz:tx,ty,tz` traces that thread to stderr in every launch.
     pub fn from_env() -> LaunchOptions {
@@ -106,6 +120,12 @@ impl LaunchOptions {
         let flag = |name: &str| std::env::var(name).ok().map(|v| v.trim() != "0");
         if let Some(v) = flag("LABELWISE_PTX_RACES") {
             o.check_shared_races = v;
+        }
+        if let Some(v) = flag("LABELWISE_PTX_WARP_SYNC") {
+            o.check_warp_sync = v;
+        }
+        if let Some(v) = flag("LABELWISE_PTX_POISON") {
+            o.poison_allocations = v;
         }
         if let Some(v) = flag("LABELWISE_PTX_UNINIT") {
             o.check_uninitialized_shared = v;
@@ -203,8 +223,13 @@ impl Machine {
 
     /// Allocates `bytes` of zeroed device memory and returns its device address.
     pub fn alloc(&self, bytes: u64) -> u64 {
+        let fill = if self.options.poison_allocations {
+            0xFF
+        } else {
+            0
+        };
         let mut st = self.lock();
-        alloc_locked(&mut st, bytes)
+        alloc_locked(&mut st, bytes, fill)
     }
 
     /// Frees the allocation starting at `addr`.
@@ -371,10 +396,17 @@ impl Machine {
                 k.param_size
             )));
         }
-        let shared_size = k.static_shared.div_ceil(16) * 16 + dynamic_shared_bytes;
+        let shared_size = k.static_shared.div_ceil(16) as u64 * 16 + dynamic_shared_bytes as u64;
         if shared_size > 228 * 1024 {
             return Err(bad(format!(
                 "{shared_size} bytes of shared memory per block"
+            )));
+        }
+        let shared_size = shared_size as u32;
+        if k.local_size > 512 * 1024 {
+            return Err(bad(format!(
+                "{} bytes of local memory per thread",
+                k.local_size
             )));
         }
 
@@ -454,11 +486,11 @@ impl Machine {
     }
 }
 
-fn alloc_locked(st: &mut MemState, bytes: u64) -> u64 {
+fn alloc_locked(st: &mut MemState, bytes: u64, fill: u8) -> u64 {
     let base = st.next;
     st.next = (base + bytes.max(1) + ALLOC_GAP).div_ceil(ALLOC_ALIGN) * ALLOC_ALIGN;
     st.allocs
-        .insert(base, Arc::new(Allocation::new(base, bytes)));
+        .insert(base, Arc::new(Allocation::new(base, bytes, fill)));
     base
 }
 
@@ -469,7 +501,7 @@ fn module_globals(st: &mut MemState, module: &Module) -> PtxResult<Vec<u64>> {
     }
     let mut addrs = Vec::with_capacity(module.globals.len());
     for g in &module.globals {
-        let addr = alloc_locked(st, g.size);
+        let addr = alloc_locked(st, g.size, 0);
         let a = st.allocs[&addr].clone();
         let n = g.init.len().min(g.size as usize);
         // SAFETY: `n` bytes fit in the fresh allocation, which no kernel is using.

@@ -430,24 +430,44 @@ fn hung_kernel_hits_the_step_limit() {
 }
 
 #[test]
-fn calls_are_reported_as_unsupported() {
-    let ptx = format!(
-        "{HEADER}.func (.param .b32 r) f(.param .b32 a)\n{{\n ret;\n}}\n\
-         .visible .entry k()\n{{\n .reg .b32 %r<2>;\n {{\n .param .b32 a0;\n .param .b32 r0;\n \
-         st.param.b32 [a0], %r1;\n call.uni (r0), f, (a0);\n }}\n ret;\n}}\n"
-    );
+fn device_functions_are_inlined_and_recursion_is_reported() {
+    let func = ".func (.param .b32 r) f(.param .b32 a)\n{\n .reg .b32 %r<3>;\n \
+                ld.param.b32 %r1, [a];\n add.s32 %r2, %r1, 1;\n st.param.b32 [r], %r2;\n ret;\n}\n";
+    let body = |callee: &str| {
+        format!(
+            ".visible .entry k(.param .u64 out)\n{{\n .reg .b32 %r<3>;\n .reg .b64 %rd<2>;\n \
+             ld.param.u64 %rd1, [out];\n mov.u32 %r1, 41;\n {{\n .param .b32 a0;\n \
+             .param .b32 r0;\n st.param.b32 [a0], %r1;\n call.uni (r0), {callee}, (a0);\n \
+             ld.param.b32 %r2, [r0];\n }}\n st.global.u32 [%rd1], %r2;\n ret;\n}}\n"
+        )
+    };
+    let ptx = format!("{HEADER}{func}{}", body("f"));
     let module = Module::parse(&ptx).unwrap();
-    let err = Machine::default()
-        .launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &[])
-        .unwrap_err();
-    match err {
+    let m = Machine::default();
+    let out = m.alloc(4);
+    m.launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap();
+    let mut b = [0u8; 4];
+    m.read(out, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 42);
+
+    let recursive = ".func (.param .b32 r) g(.param .b32 a)\n{\n .reg .b32 %r<3>;\n \
+                     ld.param.b32 %r1, [a];\n {\n .param .b32 a1;\n .param .b32 r1;\n \
+                     st.param.b32 [a1], %r1;\n call.uni (r1), g, (a1);\n \
+                     ld.param.b32 %r2, [r1];\n }\n st.param.b32 [r], %r2;\n ret;\n}\n";
+    let ptx = format!("{HEADER}{recursive}{}", body("g"));
+    let module = Module::parse(&ptx).unwrap();
+    match m
+        .launch(&module, "k", [1, 1, 1], [1, 1, 1], 0, &out.to_le_bytes())
+        .unwrap_err()
+    {
         PtxError::Unsupported {
             instruction,
             detail,
             ..
         } => {
-            assert!(instruction.starts_with("st.param") || instruction.starts_with("call"));
-            assert!(!detail.is_empty());
+            assert!(instruction.starts_with("call.uni"), "{instruction}");
+            assert!(detail.contains("`g`"), "{detail}");
         }
         other => panic!("expected Unsupported, got {other}"),
     }
@@ -584,4 +604,197 @@ $L__info_string0:
         other => panic!("expected an out-of-bounds write, got {other}"),
     }
     assert!(err.to_string().contains("(bug.cu:9)"), "{err}");
+}
+
+#[test]
+fn a_warp_spinning_on_a_flag_lets_the_producer_warp_run() {
+    // Warp 1 spins until warp 0 publishes a value through shared memory (volatile accesses,
+    // no barrier): this needs warps to take turns. The race check is off, the spin is a race
+    // by design.
+    let body = format!(
+        "{PROLOGUE}
+    .shared .align 4 .b32 flag[1];
+    setp.lt.u32 %p1, %r39, 32;
+    @%p1 bra PRODUCER;
+SPIN:
+    ld.volatile.shared.u32 %r1, [flag];
+    setp.eq.u32 %p2, %r1, 0;
+    @%p2 bra SPIN;
+    st.global.u32 [%rd9], %r1;
+    ret;
+PRODUCER:
+    mov.u32 %r2, 0;
+WORK:
+    add.u32 %r2, %r2, 1;
+    setp.lt.u32 %p3, %r2, 100000;
+    @%p3 bra WORK;
+    st.volatile.shared.u32 [flag], %r2;
+    ret;
+"
+    );
+    let opts = LaunchOptions {
+        check_shared_races: false,
+        ..LaunchOptions::default()
+    };
+    let got = run_words_with(&body, [1, 1, 1], [64, 1, 1], 64, &opts).unwrap();
+    assert!(got[32..].iter().all(|&v| v == 100_000));
+}
+
+#[test]
+fn warp_votes_reductions_and_lane_masks_in_a_partial_warp() {
+    // 40 threads: warp 1 has lanes 0..8 only. Each thread writes 8 words.
+    let body = format!(
+        "{PROLOGUE}
+    mul.wide.u32 %rd11, %r39, 32;
+    add.s64 %rd12, %rd8, %rd11;
+    and.b32 %r1, %r39, 3;
+    activemask.b32 %r2;
+    setp.lt.u32 %p1, %r1, 2;
+    vote.sync.uni.pred %p2, %p1, %r2;
+    selp.u32 %r3, 1, 0, %p2;
+    match.all.sync.b32 %r4|%p3, %r1, %r2;
+    selp.u32 %r5, 1, 0, %p3;
+    redux.sync.max.u32 %r6, %r39, %r2;
+    redux.sync.min.s32 %r7, %r39, %r2;
+    redux.sync.xor.b32 %r8, %r39, %r2;
+    mov.u32 %r9, %lanemask_lt;
+    st.global.v4.u32 [%rd12], {{%r2, %r3, %r4, %r5}};
+    st.global.v4.u32 [%rd12+16], {{%r6, %r7, %r8, %r9}};
+    ret;
+"
+    );
+    let got = run_words(&body, 40, 40 * 8).unwrap();
+    for t in 0..40u32 {
+        let w = &got[t as usize * 8..t as usize * 8 + 8];
+        let (lo, hi) = if t < 32 { (0, 32) } else { (32, 40) };
+        let active = if t < 32 { u32::MAX } else { 0xFF };
+        assert_eq!(w[0], active, "activemask of thread {t}");
+        assert_eq!(w[1], 0, "vote.uni: lanes disagree");
+        assert_eq!((w[2], w[3]), (0, 0), "match.all: values differ");
+        assert_eq!(w[4], hi - 1);
+        assert_eq!(w[5], lo);
+        assert_eq!(w[6], (lo..hi).fold(0, |a, v| a ^ v));
+        assert_eq!(w[7], (1u32 << (t % 32)) - 1);
+    }
+}
+
+#[test]
+fn atomic_wraparounds_and_64_bit_compare_and_swap() {
+    let body = format!(
+        "{PROLOGUE}
+    .shared .align 8 .b8 cells[16];
+    setp.ne.u32 %p1, %r39, 0;
+    @%p1 bra SKIP;
+    mov.u32 %r20, cells;
+    st.shared.u32 [%r20], 3;
+    st.shared.u32 [%r20+4], 0;
+    st.shared.u64 [%r20+8], 5;
+    atom.shared.inc.u32 %r1, [%r20], 3;
+    atom.shared.dec.u32 %r2, [%r20+4], 7;
+    atom.shared.cas.b64 %rd1, [%r20+8], 5, 0x100000000;
+    atom.shared.cas.b64 %rd2, [%r20+8], 5, 9;
+    atom.shared.min.s32 %r3, [%r20], -4;
+    ld.shared.u32 %r4, [%r20];
+    ld.shared.u32 %r5, [%r20+4];
+    ld.shared.u64 %rd3, [%r20+8];
+    cvt.u32.u64 %r6, %rd1;
+    shr.u64 %rd4, %rd3, 32;
+    cvt.u32.u64 %r7, %rd4;
+    cvt.u32.u64 %r8, %rd2;
+    st.global.v4.u32 [%rd8], {{%r1, %r2, %r3, %r4}};
+    st.global.v4.u32 [%rd8+16], {{%r5, %r6, %r7, %r8}};
+SKIP:
+    ret;
+"
+    );
+    let got = run_words(&body, 32, 8).unwrap();
+    // inc at the limit wraps to 0; dec of 0 wraps to the limit; the second cas fails.
+    assert_eq!(&got[..4], &[3, 0, 0, (-4i32) as u32]);
+    assert_eq!(&got[4..], &[7, 5, 1, 0]);
+}
+
+#[test]
+fn machine_and_module_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Machine>();
+    shareable::<Module>();
+    shareable::<PtxError>();
+}
+
+#[test]
+fn carry_chains_add_subtract_and_multiply_wide_numbers() {
+    let got = eval(
+        "
+    add.cc.u32 %r1, 0xFFFFFFFF, 1;
+    addc.u32 %r2, 5, 6;
+    sub.cc.u32 %r3, 0, 1;
+    subc.u32 %r4, 10, 3;
+    mad.lo.cc.u32 %r5, 0x80000000, 2, 1;
+    madc.hi.u32 %r6, 0x80000000, 2, 0;
+    add.cc.u32 %r7, 1, 1;
+    addc.cc.u32 %r8, 0xFFFFFFFF, 0;
+    addc.u32 %r9, 0, 0;
+    ",
+        &[
+            "%r1", "%r2", "%r3", "%r4", "%r5", "%r6", "%r7", "%r8", "%r9",
+        ],
+    );
+    assert_eq!(
+        &got[..2],
+        &[0, 12],
+        "carry out of the low word into the high word"
+    );
+    assert_eq!(&got[2..4], &[u32::MAX, 6], "borrow");
+    assert_eq!(
+        &got[4..6],
+        &[1, 1],
+        "lo(2^31 * 2) = 0 + 1, hi = 1 + no carry"
+    );
+    assert_eq!(&got[6..], &[2, u32::MAX, 0]);
+}
+
+#[test]
+fn packed_half_arithmetic_and_conversions() {
+    let got = eval(
+        "
+    cvt.rn.f16x2.f32 %r1, 0f40400000, 0f3F000000;
+    cvt.rn.f16x2.f32 %r2, 0f3F800000, 0fC0000000;
+    add.rn.f16x2 %r3, %r1, %r2;
+    fma.rn.f16x2 %r4, %r1, %r2, %r1;
+    mov.b32 {%rs1, %rs2}, %r3;
+    cvt.f32.f16 %f1, %rs2;
+    mov.b32 %r5, %f1;
+    cvt.rn.bf16x2.f32 %r6, 0f3F800000, 0f40000000;
+    ",
+        &["%r1", "%r3", "%r4", "%r5", "%r6"],
+    );
+    let h = |v: f32| half::f16::from_f32(v).to_bits() as u32;
+    assert_eq!(
+        got[0],
+        h(3.0) << 16 | h(0.5),
+        "upper half from the first source"
+    );
+    assert_eq!(got[1], h(4.0) << 16 | h(-1.5));
+    assert_eq!(got[2], h(6.0) << 16 | h(-0.5));
+    assert_eq!(f32::from_bits(got[3]), 4.0);
+    let b = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+    assert_eq!(got[4], b(1.0) << 16 | b(2.0));
+}
+
+#[test]
+fn poisoned_allocations_read_as_nan() {
+    let m = Machine::new(LaunchOptions {
+        poison_allocations: true,
+        ..LaunchOptions::default()
+    });
+    let a = m.alloc(8);
+    let mut b = [0u8; 8];
+    m.read(a, &mut b).unwrap();
+    assert!(f32::from_le_bytes(b[..4].try_into().unwrap()).is_nan());
+    assert_eq!(i32::from_le_bytes(b[4..].try_into().unwrap()), -1);
+    let z = Machine::default().alloc(8);
+    assert_eq!(
+        z, GLOBAL_BASE,
+        "fresh machines hand out the same first address"
+    );
 }

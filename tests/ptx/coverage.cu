@@ -164,3 +164,39 @@ extern "C" __global__ void barrier_reductions(const float* x, int* out) {
     if (threadIdx.x == 3)
         printf("thread %d of %u: count %d, v=%.2f %s\n", threadIdx.x, blockDim.x, count, v, "ok");
 }
+
+// Device functions nvcc keeps out of line: nested calls, early returns, a local array in the
+// callee, and calls from divergent code.
+__device__ __noinline__ int collatz_steps(int v) {
+    int steps = 0;
+    while (v > 1) {
+        if (steps > 200) return -1;
+        v = (v & 1) ? 3 * v + 1 : v / 2;
+        ++steps;
+    }
+    return steps;
+}
+
+__device__ __noinline__ float weighted(const float* x, int i, float w) {
+    float window[4];
+    for (int j = 0; j < 4; ++j) window[j] = x[i + j] * (w + (float)j);
+    return window[i & 3] + (float)collatz_steps(i + 1);
+}
+
+extern "C" __global__ void calls_noinline(const float* x, float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float r = (i % 3 == 0) ? weighted(x, i, 0.5f) : (float)collatz_steps(i + 7);
+    out[i] = r;
+}
+
+// 128-bit integers: nvcc lowers them to carry chains (add.cc/addc, mad.lo.cc/madc).
+extern "C" __global__ void wide_u128(const unsigned long long* a, unsigned long long* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned __int128 x = (unsigned __int128)a[i] * a[(i + 1) % n] + a[i];
+    x += (unsigned __int128)a[i] << 64;
+    x -= (unsigned __int128)a[(i + 2) % n] * 3u;
+    out[2 * i] = (unsigned long long)x;
+    out[2 * i + 1] = (unsigned long long)(x >> 64);
+}

@@ -59,3 +59,34 @@ extern "C" __global__ void reads_unwritten_shared(float* y) {
 extern "C" __global__ void asserts_non_negative(const float* x) {
     assert(x[threadIdx.x] >= 0.0f);
 }
+
+// Warp-synchronous reduction through shared memory without __syncwarp: relies on lockstep
+// lanes, which Volta and later do not guarantee. Flagged only by the strict warp check.
+extern "C" __global__ void warp_reduce_no_syncwarp(const float* x, float* y) {
+    __shared__ float s[32];
+    int t = threadIdx.x;
+    s[t] = x[t];
+    __syncthreads();
+    volatile float* v = s;
+    if (t < 16) v[t] += v[t + 16];
+    if (t < 8) v[t] += v[t + 8];
+    if (t < 4) v[t] += v[t + 4];
+    if (t < 2) v[t] += v[t + 2];
+    if (t < 1) v[t] += v[t + 1];
+    if (t == 0) y[0] = v[0];
+}
+
+// The same reduction made correct with __syncwarp between the steps.
+extern "C" __global__ void warp_reduce_syncwarp(const float* x, float* y) {
+    __shared__ float s[32];
+    int t = threadIdx.x;
+    s[t] = x[t];
+    __syncthreads();
+    for (int k = 16; k > 0; k >>= 1) {
+        float other = t < k ? s[t + k] : 0.0f;
+        __syncwarp();
+        if (t < k) s[t] += other;
+        __syncwarp();
+    }
+    if (t == 0) y[0] = s[0];
+}

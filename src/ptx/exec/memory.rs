@@ -347,7 +347,7 @@ impl BlockExec<'_> {
     }
 
     /// Race and initialisation bookkeeping for one shared access.
-    #[inline]
+    #[inline(always)]
     pub(super) fn shadow_access(
         &mut self,
         off: usize,
@@ -358,48 +358,64 @@ impl BlockExec<'_> {
     ) -> PtxResult<()> {
         let tid = (self.cur_warp * 32 + lane as u32) as u16;
         let warp = self.cur_warp as u16;
-        let (epoch, step, block_epoch) = (self.epoch, self.step as u32, self.block_epoch);
+        let step = self.step as u32;
+        let (since, block) = (self.barrier_step as u32, self.block_step as u32);
+        let pc16 = pc.min(u16::MAX as usize) as u16;
         let races = self.ctx.options.check_shared_races && a != Access::Atomic;
+        // Strict mode: lanes of one warp are ordered only by a warp-synchronising instruction
+        // since the other access (or by being the same instruction, for reads).
+        let strict = races && self.ctx.options.check_warp_sync;
+        let synced = self.warp_sync_step[self.cur_warp as usize].max(self.barrier_step) as u32;
         let uninit = self.ctx.options.check_uninitialized_shared && a != Access::Write;
         let Some(cells) = self.shadow.get_mut(off..off + size as usize) else {
             return Ok(());
         };
         let mut conflict = None;
         for (i, sh) in cells.iter_mut().enumerate() {
-            if uninit && sh.w_epoch < block_epoch {
+            if uninit && sh.w_step < block {
                 conflict = Some((i, None));
                 break;
             }
             if races {
-                if sh.w_epoch == epoch
+                if sh.w_step > since
                     && sh.w_tid != tid
-                    && (sh.w_tid / 32 != warp || (a == Access::Write && sh.w_step == step))
+                    && (sh.w_tid / 32 != warp
+                        || (a == Access::Write && sh.w_step == step)
+                        || (strict && sh.w_step > synced && sh.w_step != step))
                 {
                     conflict = Some((i, Some(("write", sh.w_tid, sh.w_pc))));
                     break;
                 }
                 if a == Access::Write
-                    && sh.r_epoch == epoch
-                    && (sh.r_warp == MANY_WARPS || sh.r_warp != warp)
+                    && sh.r_step > since
+                    && (sh.r_tid & MANY_WARPS != 0 || sh.r_tid / 32 != warp)
+                {
+                    conflict = Some((i, Some(("read", sh.r_tid & !MANY_WARPS, sh.r_pc))));
+                    break;
+                }
+                if strict
+                    && a == Access::Write
+                    && sh.r_step > synced
+                    && sh.r_step != step
+                    && sh.r_tid & MANY_WARPS == 0
+                    && sh.r_tid != tid
                 {
                     conflict = Some((i, Some(("read", sh.r_tid, sh.r_pc))));
                     break;
                 }
             }
             if a == Access::Read {
-                if sh.r_epoch != epoch {
-                    sh.r_epoch = epoch;
-                    sh.r_warp = warp;
+                if sh.r_step <= since {
+                    sh.r_step = step;
                     sh.r_tid = tid;
-                    sh.r_pc = pc as u32;
-                } else if sh.r_warp != warp {
-                    sh.r_warp = MANY_WARPS;
+                    sh.r_pc = pc16;
+                } else if (sh.r_tid & !MANY_WARPS) / 32 != warp {
+                    sh.r_tid |= MANY_WARPS;
                 }
             } else {
-                sh.w_epoch = epoch;
                 sh.w_step = step;
                 sh.w_tid = tid;
-                sh.w_pc = pc as u32;
+                sh.w_pc = pc16;
             }
         }
         match conflict {
@@ -421,7 +437,7 @@ impl BlockExec<'_> {
         a: Access,
         other: &'static str,
         other_tid: u16,
-        other_pc: u32,
+        other_pc: u16,
         lane: usize,
         pc: usize,
     ) -> PtxError {
@@ -431,10 +447,15 @@ impl BlockExec<'_> {
             this_access: a.name(),
             other_access: other,
             other_thread: self.thread_xyz(other_tid as u32),
-            other_line: self.ctx.kernel.insts[other_pc as usize].line,
+            // Instruction indices past `u16::MAX` are not kept; the line is then unknown (0).
+            other_line: match other_pc {
+                u16::MAX => 0,
+                pc => self.ctx.kernel.insts.get(pc as usize).map_or(0, |i| i.line),
+            },
         }
     }
 
+    #[inline]
     pub(super) fn load(
         &mut self,
         w: &Warp,
@@ -446,12 +467,14 @@ impl BlockExec<'_> {
     ) -> PtxResult<u64> {
         match loc {
             Loc::Global(a) => {
-                let p = self.global_ptr(a + add, size, Access::Read, lane, pc)?;
-                // SAFETY: `global_ptr` checked the range; alignment was checked by the caller.
+                self.check_align(a.wrapping_add(add), size, Access::Read, lane, pc)?;
+                let p = self.global_ptr(a.wrapping_add(add), size, Access::Read, lane, pc)?;
+                // SAFETY: `global_ptr` checked the range and `check_align` the alignment
+                // (allocations start 256-aligned, their storage 8-aligned).
                 Ok(unsafe { atomic_load(p, size) })
             }
             Loc::Shared(a) => {
-                let off = self.shared_range(a + add, size, Access::Read, lane, pc)?;
+                let off = self.shared_range(a.wrapping_add(add), size, Access::Read, lane, pc)?;
                 if self.check_shadow {
                     self.shadow_access(off, size, Access::Read, lane, pc)?;
                 }
@@ -459,16 +482,19 @@ impl BlockExec<'_> {
             }
             Loc::Local(a) => {
                 let ls = self.ctx.kernel.local_size as u64;
-                let off = a + add;
-                if off + size as u64 > ls {
+                let off = a.wrapping_add(add);
+                if off.checked_add(size as u64).is_none_or(|end| end > ls) {
                     return Err(self.other_oob("local", Access::Read, off, size, lane, pc));
                 }
                 let base = lane * ls as usize + off as usize;
                 Ok(read_le(&w.local[base..base + size as usize]))
             }
             Loc::Param(a) => {
-                let off = a + add;
-                if off + size as u64 > self.ctx.params.len() as u64 {
+                let off = a.wrapping_add(add);
+                if off
+                    .checked_add(size as u64)
+                    .is_none_or(|end| end > self.ctx.params.len() as u64)
+                {
                     return Err(self.other_oob("param", Access::Read, off, size, lane, pc));
                 }
                 Ok(read_le(
@@ -491,12 +517,13 @@ impl BlockExec<'_> {
     ) -> PtxResult<()> {
         match loc {
             Loc::Global(a) => {
-                let p = self.global_ptr(a + add, size, Access::Write, lane, pc)?;
+                self.check_align(a.wrapping_add(add), size, Access::Write, lane, pc)?;
+                let p = self.global_ptr(a.wrapping_add(add), size, Access::Write, lane, pc)?;
                 // SAFETY: as in `load`.
                 unsafe { atomic_store(p, size, v) };
             }
             Loc::Shared(a) => {
-                let off = self.shared_range(a + add, size, Access::Write, lane, pc)?;
+                let off = self.shared_range(a.wrapping_add(add), size, Access::Write, lane, pc)?;
                 if self.check_shadow {
                     self.shadow_access(off, size, Access::Write, lane, pc)?;
                 }
@@ -504,8 +531,8 @@ impl BlockExec<'_> {
             }
             Loc::Local(a) => {
                 let ls = self.ctx.kernel.local_size as u64;
-                let off = a + add;
-                if off + size as u64 > ls {
+                let off = a.wrapping_add(add);
+                if off.checked_add(size as u64).is_none_or(|end| end > ls) {
                     return Err(self.other_oob("local", Access::Write, off, size, lane, pc));
                 }
                 let base = lane * ls as usize + off as usize;
@@ -515,7 +542,7 @@ impl BlockExec<'_> {
                 return Err(self.other_oob(
                     "param (read-only)",
                     Access::Write,
-                    a + add,
+                    a.wrapping_add(add),
                     size,
                     lane,
                     pc,
@@ -558,6 +585,7 @@ impl BlockExec<'_> {
     ) -> PtxResult<u64> {
         match loc {
             Loc::Global(a) => {
+                self.check_align(a, size, Access::Atomic, lane, pc)?;
                 let p = self.global_ptr(a, size, Access::Atomic, lane, pc)?;
                 loop {
                     // SAFETY: as in `load`.
