@@ -202,7 +202,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Tensor, Tensor)>;
 
     // Losses. Softmax cross-entropy is the mean over rows; sigmoid cross-entropy the mean over
-    // all elements (as PyTorch's defaults). Targets are `[N, L]` in {0, 1}. The backward takes
+    // all elements (as PyTorch's defaults), returned as a `[1]` tensor. Targets are `[N, L]` in
+    // {0, 1}. The backward takes
     // the upstream gradient of the scalar loss.
     fn softmax_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor>;
     fn softmax_xent_bwd(&self, logits: &Tensor, targets: &Tensor, dloss: f32) -> Result<Tensor>;

@@ -1112,7 +1112,7 @@ impl Backend for CudaBackend {
     fn softmax_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         const OP: &str = "softmax_xent_fwd";
         let (n, l) = self.logits_and_targets(OP, logits, targets)?;
-        let loss = self.zeros(&[])?;
+        let loss = self.zeros(&[1])?;
         if n == 0 {
             return Ok(loss);
         }
@@ -1151,7 +1151,7 @@ impl Backend for CudaBackend {
     fn sigmoid_xent_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         const OP: &str = "sigmoid_xent_fwd";
         let (n, l) = self.logits_and_targets(OP, logits, targets)?;
-        let loss = self.zeros(&[])?;
+        let loss = self.zeros(&[1])?;
         let total = n * l;
         if total == 0 {
             return Ok(loss);
