@@ -37,12 +37,16 @@ pub struct Grads(Vec<Option<Tensor>>);
 impl Grads {
     /// The gradient of `var`, if it received one.
     pub fn get(&self, var: &Var) -> Option<&Tensor> {
-        var.id.and_then(|id| self.0.get(id)).and_then(Option::as_ref)
+        var.id
+            .and_then(|id| self.0.get(id))
+            .and_then(Option::as_ref)
     }
 
     /// Takes the gradient of `var` out.
     pub fn take(&mut self, var: &Var) -> Option<Tensor> {
-        var.id.and_then(|id| self.0.get_mut(id)).and_then(Option::take)
+        var.id
+            .and_then(|id| self.0.get_mut(id))
+            .and_then(Option::take)
     }
 }
 
@@ -55,7 +59,11 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(backend: BackendHandle, record: bool) -> Self {
-        Graph { backend, nodes: Vec::new(), record }
+        Graph {
+            backend,
+            nodes: Vec::new(),
+            record,
+        }
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -69,10 +77,19 @@ impl Graph {
     /// A leaf that receives a gradient (a trainable parameter).
     pub fn param(&mut self, t: &Tensor) -> Var {
         if !self.record {
-            return Var { value: t.clone(), id: None };
+            return Var {
+                value: t.clone(),
+                id: None,
+            };
         }
-        self.nodes.push(Node { inputs: Vec::new(), backward: None });
-        Var { value: t.clone(), id: Some(self.nodes.len() - 1) }
+        self.nodes.push(Node {
+            inputs: Vec::new(),
+            backward: None,
+        });
+        Var {
+            value: t.clone(),
+            id: Some(self.nodes.len() - 1),
+        }
     }
 
     /// A leaf without gradient (inputs, targets).
@@ -85,8 +102,14 @@ impl Graph {
         if !self.record || ids.iter().all(Option::is_none) {
             return Ok(Var { value, id: None });
         }
-        self.nodes.push(Node { inputs: ids, backward: Some(backward) });
-        Ok(Var { value, id: Some(self.nodes.len() - 1) })
+        self.nodes.push(Node {
+            inputs: ids,
+            backward: Some(backward),
+        });
+        Ok(Var {
+            value,
+            id: Some(self.nodes.len() - 1),
+        })
     }
 
     /// Runs the backward pass from the scalar `loss`, seeded with gradient 1.
@@ -102,11 +125,17 @@ impl Graph {
         // every consumer of its output.
         for id in (0..=root).rev() {
             let node = &mut self.nodes[id];
-            let Some(backward) = node.backward.take() else { continue };
-            let Some(grad) = grads[id].take() else { continue };
+            let Some(backward) = node.backward.take() else {
+                continue;
+            };
+            let Some(grad) = grads[id].take() else {
+                continue;
+            };
             let input_grads = backward(&*backend, &grad)?;
             for (input, g) in node.inputs.iter().zip(input_grads) {
-                let (Some(input), Some(g)) = (*input, g) else { continue };
+                let (Some(input), Some(g)) = (*input, g) else {
+                    continue;
+                };
                 match &mut grads[input] {
                     Some(acc) => backend.add_assign(acc, &g)?,
                     slot @ None => *slot = Some(g),
@@ -148,7 +177,9 @@ impl Graph {
         beta: &Var,
         p: BatchNormParams,
     ) -> Result<(Var, Tensor, Tensor)> {
-        let out = self.backend.batch_norm_fwd_train(&x.value, &gamma.value, &beta.value, p)?;
+        let out = self
+            .backend
+            .batch_norm_fwd_train(&x.value, &gamma.value, &beta.value, p)?;
         let (xv, gv) = (x.value.clone(), gamma.value.clone());
         let (mean, var) = (out.mean.clone(), out.var.clone());
         let y = self.push(
@@ -165,12 +196,20 @@ impl Graph {
     pub fn relu(&mut self, x: &Var) -> Result<Var> {
         let y = self.backend.relu_fwd(&x.value)?;
         let yv = y.clone();
-        self.push(y, &[x], Box::new(move |b, dy| Ok(vec![Some(b.relu_bwd(dy, &yv)?)])))
+        self.push(
+            y,
+            &[x],
+            Box::new(move |b, dy| Ok(vec![Some(b.relu_bwd(dy, &yv)?)])),
+        )
     }
 
     pub fn add(&mut self, a: &Var, c: &Var) -> Result<Var> {
         let y = self.backend.add(&a.value, &c.value)?;
-        self.push(y, &[a, c], Box::new(|_, dy| Ok(vec![Some(dy.clone()), Some(dy.clone())])))
+        self.push(
+            y,
+            &[a, c],
+            Box::new(|_, dy| Ok(vec![Some(dy.clone()), Some(dy.clone())])),
+        )
     }
 
     pub fn max_pool(&mut self, x: &Var, p: PoolParams) -> Result<Var> {
@@ -201,7 +240,9 @@ impl Graph {
         targets: Option<&Tensor>,
         p: CosFaceParams,
     ) -> Result<Var> {
-        let y = self.backend.cosface_fwd(&emb.value, &weight.value, targets, p)?;
+        let y = self
+            .backend
+            .cosface_fwd(&emb.value, &weight.value, targets, p)?;
         let (ev, wv) = (emb.value.clone(), weight.value.clone());
         self.push(
             y,
@@ -214,7 +255,12 @@ impl Graph {
     }
 
     /// Mean softmax cross-entropy (`multilabel == false`) or mean sigmoid cross-entropy.
-    pub fn cross_entropy(&mut self, logits: &Var, targets: &Tensor, multilabel: bool) -> Result<Var> {
+    pub fn cross_entropy(
+        &mut self,
+        logits: &Var,
+        targets: &Tensor,
+        multilabel: bool,
+    ) -> Result<Var> {
         let loss = match multilabel {
             false => self.backend.softmax_xent_fwd(&logits.value, targets)?,
             true => self.backend.sigmoid_xent_fwd(&logits.value, targets)?,

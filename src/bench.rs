@@ -91,19 +91,48 @@ fn resnet_convs(image_size: usize) -> Vec<(String, usize, usize, usize, usize, u
     let mut c = 64;
     for (layer, width) in [64usize, 128, 256, 512].into_iter().enumerate() {
         let stride = if layer == 0 { 1 } else { 2 };
-        v.push((format!("layer{} 3x3/{stride}", layer + 1), h, c, width, 3, stride, 1));
+        v.push((
+            format!("layer{} 3x3/{stride}", layer + 1),
+            h,
+            c,
+            width,
+            3,
+            stride,
+            1,
+        ));
         if stride == 2 {
-            v.push((format!("layer{} down 1x1/2", layer + 1), h, c, width, 1, 2, 0));
+            v.push((
+                format!("layer{} down 1x1/2", layer + 1),
+                h,
+                c,
+                width,
+                1,
+                2,
+                0,
+            ));
         }
         h = out(h, 3, stride, 1);
-        v.push((format!("layer{} 3x3/1", layer + 1), h, width, width, 3, 1, 1));
+        v.push((
+            format!("layer{} 3x3/1", layer + 1),
+            h,
+            width,
+            width,
+            3,
+            1,
+            1,
+        ));
         c = width;
     }
     v
 }
 
 /// Times every primitive ResNet18 training uses, at the shapes it uses them.
-pub fn ops(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize) -> Result<Vec<OpTiming>> {
+pub fn ops(
+    backend: &BackendHandle,
+    image_size: usize,
+    batch: usize,
+    reps: usize,
+) -> Result<Vec<OpTiming>> {
     let mut rng = StdRng::seed_from_u64(0);
     let mut out = Vec::new();
     let sync = |t: &Tensor| t.backend().to_host(&t.reshape(&[t.len()])?).map(|_| ());
@@ -111,17 +140,39 @@ pub fn ops(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize
     for (name, h, ci, co, k, s, p) in resnet_convs(image_size) {
         let x = random(backend, &[batch, h, h, ci], &mut rng)?;
         let w = random(backend, &[co, k, k, ci], &mut rng)?;
-        let cp = Conv2dParams { stride: s, padding: p };
+        let cp = Conv2dParams {
+            stride: s,
+            padding: p,
+        };
         let ho = (h + 2 * p - k) / s + 1;
         let dy = random(backend, &[batch, ho, ho, co], &mut rng)?;
         let flops = 2.0 * (batch * ho * ho * co * k * k * ci) as f64;
         let shape = format!("{batch}x{h}x{h}x{ci} -> {co}");
         let t = time(1, reps, || sync(&backend.conv2d_fwd(&x, &w, None, cp)?))?;
-        out.push(OpTiming { op: format!("conv fwd {name}"), shape: shape.clone(), timing: t, flops: Some(flops) });
-        let t = time(1, reps, || sync(&backend.conv2d_bwd_data(&dy, &w, x.shape(), cp)?))?;
-        out.push(OpTiming { op: format!("conv bwd-data {name}"), shape: shape.clone(), timing: t, flops: Some(flops) });
-        let t = time(1, reps, || sync(&backend.conv2d_bwd_filter(&x, &dy, w.shape(), cp)?))?;
-        out.push(OpTiming { op: format!("conv bwd-filter {name}"), shape, timing: t, flops: Some(flops) });
+        out.push(OpTiming {
+            op: format!("conv fwd {name}"),
+            shape: shape.clone(),
+            timing: t,
+            flops: Some(flops),
+        });
+        let t = time(1, reps, || {
+            sync(&backend.conv2d_bwd_data(&dy, &w, x.shape(), cp)?)
+        })?;
+        out.push(OpTiming {
+            op: format!("conv bwd-data {name}"),
+            shape: shape.clone(),
+            timing: t,
+            flops: Some(flops),
+        });
+        let t = time(1, reps, || {
+            sync(&backend.conv2d_bwd_filter(&x, &dy, w.shape(), cp)?)
+        })?;
+        out.push(OpTiming {
+            op: format!("conv bwd-filter {name}"),
+            shape,
+            timing: t,
+            flops: Some(flops),
+        });
     }
 
     // Batch norm, ReLU and max pool at the stem's output, the largest activation.
@@ -131,23 +182,66 @@ pub fn ops(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize
     let beta = random(backend, &[64], &mut rng)?;
     let bn = BatchNormParams { eps: 1e-5 };
     let shape = format!("{batch}x{h}x{h}x64");
-    let t = time(1, reps, || sync(&backend.batch_norm_fwd_train(&x, &gamma, &beta, bn)?.y))?;
-    out.push(OpTiming { op: "batch norm fwd".into(), shape: shape.clone(), timing: t, flops: None });
+    let t = time(1, reps, || {
+        sync(&backend.batch_norm_fwd_train(&x, &gamma, &beta, bn)?.y)
+    })?;
+    out.push(OpTiming {
+        op: "batch norm fwd".into(),
+        shape: shape.clone(),
+        timing: t,
+        flops: None,
+    });
     let stats = backend.batch_norm_fwd_train(&x, &gamma, &beta, bn)?;
-    let t = time(1, reps, || sync(&backend.batch_norm_bwd(&x, &x, &gamma, &stats.mean, &stats.var, bn)?.0))?;
-    out.push(OpTiming { op: "batch norm bwd".into(), shape: shape.clone(), timing: t, flops: None });
+    let t = time(1, reps, || {
+        sync(
+            &backend
+                .batch_norm_bwd(&x, &x, &gamma, &stats.mean, &stats.var, bn)?
+                .0,
+        )
+    })?;
+    out.push(OpTiming {
+        op: "batch norm bwd".into(),
+        shape: shape.clone(),
+        timing: t,
+        flops: None,
+    });
     let t = time(1, reps, || sync(&backend.relu_fwd(&x)?))?;
-    out.push(OpTiming { op: "relu fwd".into(), shape: shape.clone(), timing: t, flops: None });
-    let pool = PoolParams { kernel: 3, stride: 2, padding: 1 };
+    out.push(OpTiming {
+        op: "relu fwd".into(),
+        shape: shape.clone(),
+        timing: t,
+        flops: None,
+    });
+    let pool = PoolParams {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
     let t = time(1, reps, || sync(&backend.max_pool_fwd(&x, pool)?))?;
-    out.push(OpTiming { op: "max pool fwd".into(), shape, timing: t, flops: None });
+    out.push(OpTiming {
+        op: "max pool fwd".into(),
+        shape,
+        timing: t,
+        flops: None,
+    });
 
     // The CosFace head and a fused Adam update over all of ResNet18's weights.
     let emb = random(backend, &[batch, 512], &mut rng)?;
     let head = random(backend, &[10, 512], &mut rng)?;
-    let cf = CosFaceParams { margin: 0.2, scale: 16.0, multilabel: false };
-    let t = time(1, reps, || sync(&backend.cosface_fwd(&emb, &head, None, cf)?))?;
-    out.push(OpTiming { op: "cosface fwd".into(), shape: format!("{batch}x512 x 10"), timing: t, flops: None });
+    let cf = CosFaceParams {
+        margin: 0.2,
+        scale: 16.0,
+        multilabel: false,
+    };
+    let t = time(1, reps, || {
+        sync(&backend.cosface_fwd(&emb, &head, None, cf)?)
+    })?;
+    out.push(OpTiming {
+        op: "cosface fwd".into(),
+        shape: format!("{batch}x512 x 10"),
+        timing: t,
+        flops: None,
+    });
     let n = 11_176_512;
     let g = random(backend, &[n], &mut rng)?;
     let mut p = random(backend, &[n], &mut rng)?;
@@ -157,18 +251,36 @@ pub fn ops(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize
     let t = time(1, reps, || {
         step += 1;
         let ap = crate::backend::AdamParams {
-            lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, step,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            step,
         };
         backend.adam_update(&mut p, &g, &mut m, &mut v, ap)?;
-        backend.to_host(&backend.channel_sum(&m.reshape(&[n, 1])?)?).map(|_| ())
+        backend
+            .to_host(&backend.channel_sum(&m.reshape(&[n, 1])?)?)
+            .map(|_| ())
     })?;
-    out.push(OpTiming { op: "adam (all weights)".into(), shape: format!("{n}"), timing: t, flops: None });
+    out.push(OpTiming {
+        op: "adam (all weights)".into(),
+        shape: format!("{n}"),
+        timing: t,
+        flops: None,
+    });
     Ok(out)
 }
 
 /// Times a full training step (forward, backward, Adam) and an inference pass of ResNet18 +
 /// CosFace with 10 labels.
-pub fn model(backend: &BackendHandle, image_size: usize, batch: usize, reps: usize) -> Result<ModelTiming> {
+pub fn model(
+    backend: &BackendHandle,
+    image_size: usize,
+    batch: usize,
+    reps: usize,
+) -> Result<ModelTiming> {
     let config = ModelConfig {
         label_names: (0..10).map(|i| format!("c{i}")).collect(),
         multilabel: false,
@@ -201,5 +313,10 @@ pub fn model(backend: &BackendHandle, image_size: usize, batch: usize, reps: usi
         let fwd = model.forward(&mut g, x.clone(), None)?;
         fwd.logits.value.to_vec().map(|_| ())
     })?;
-    Ok(ModelTiming { image_size, batch, train_step, inference })
+    Ok(ModelTiming {
+        image_size,
+        batch,
+        train_step,
+        inference,
+    })
 }

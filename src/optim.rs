@@ -1,10 +1,10 @@
 //! Adam and AdamW with PyTorch's semantics, one fused backend update per tensor.
 
+use crate::autograd::Grads;
 use crate::backend::AdamParams;
 use crate::error::{Error, Result};
 use crate::model::{Model, ParamSlots, TensorKind};
 use crate::tensor::Tensor;
-use crate::autograd::Grads;
 
 /// Optimiser settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,7 +56,15 @@ impl Adam {
                 (Err(e), _) | (_, Err(e)) => failure = Some(e),
             }
         });
-        failure.map_or(Ok(Adam { config, step: 0, m, v }), Err)
+        failure.map_or(
+            Ok(Adam {
+                config,
+                step: 0,
+                m,
+                v,
+            }),
+            Err,
+        )
     }
 
     /// Applies one update from the gradients of the forward pass that produced `slots`.
@@ -64,7 +72,10 @@ impl Adam {
     pub fn update(&mut self, model: &mut Model, mut grads: Grads, slots: ParamSlots) -> Result<()> {
         // Take the gradients out, then drop the slots so the parameters are no longer shared
         // and can be updated in place.
-        let grads: Vec<Option<Tensor>> = slots.vars().map(|v| v.and_then(|v| grads.take(v))).collect();
+        let grads: Vec<Option<Tensor>> = slots
+            .vars()
+            .map(|v| v.and_then(|v| grads.take(v)))
+            .collect();
         drop(slots);
         if grads.len() != self.m.len() {
             return Err(Error::shape(

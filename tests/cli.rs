@@ -61,7 +61,10 @@ fn write_idx(dir: &Path, prefix: &str, n: usize) {
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let mut r = csv::Reader::from_path(path).unwrap();
     let header = r.headers().unwrap().iter().map(str::to_string).collect();
-    let rows = r.records().map(|r| r.unwrap().iter().map(str::to_string).collect()).collect();
+    let rows = r
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
     (header, rows)
 }
 
@@ -76,7 +79,14 @@ fn import_train_embed_purchase_evaluate_run() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
     // Import: the challenge layout with one 0/1 column per class.
-    labelwise(&["import", "fashion-mnist", "--source", &s(&source), "--out", &s(&data)]);
+    labelwise(&[
+        "import",
+        "fashion-mnist",
+        "--source",
+        &s(&source),
+        "--out",
+        &s(&data),
+    ]);
     let (header, rows) = read_csv(&data.join("train/labels.csv"));
     assert_eq!(header.len(), 11, "{header:?}");
     assert_eq!(rows.len(), 80);
@@ -88,8 +98,17 @@ fn import_train_embed_purchase_evaluate_run() {
     // Train: a model file, one line per epoch, the per-epoch CSV.
     let model = dir.join("model.safetensors");
     let out = labelwise(&[
-        "train", "--data", &s(&data.join("train")), "--out", &s(&model), "--epochs", "2",
-        "--batch-size", "16", "--image-size", "32",
+        "train",
+        "--data",
+        &s(&data.join("train")),
+        "--out",
+        &s(&model),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "32",
     ]);
     assert!(out.contains("epoch  2/2"), "{out}");
     assert!(model.exists());
@@ -99,7 +118,15 @@ fn import_train_embed_purchase_evaluate_run() {
 
     // Embed: 512 embedding columns, probabilities summing to 1, 0/1 predictions.
     let embedded = dir.join("embed");
-    labelwise(&["embed", "--model", &s(&model), "--images", &s(&data.join("test")), "--out", &s(&embedded)]);
+    labelwise(&[
+        "embed",
+        "--model",
+        &s(&model),
+        "--images",
+        &s(&data.join("test")),
+        "--out",
+        &s(&embedded),
+    ]);
     let (header, rows) = read_csv(&embedded.join("embeddings.csv"));
     assert_eq!(header.len(), 513);
     assert_eq!(rows.len(), 30);
@@ -113,8 +140,13 @@ fn import_train_embed_purchase_evaluate_run() {
     // Evaluate: the printed exact match equals the fraction of rows predicted exactly.
     let predictions = embedded.join("predictions.csv");
     let out = labelwise(&[
-        "evaluate", "--predictions", &s(&predictions), "--labels", &s(&data.join("test/labels.csv")),
-        "--json", &s(&dir.join("metrics.json")),
+        "evaluate",
+        "--predictions",
+        &s(&predictions),
+        "--labels",
+        &s(&data.join("test/labels.csv")),
+        "--json",
+        &s(&dir.join("metrics.json")),
     ]);
     let (_, pred_rows) = read_csv(&predictions);
     let (_, true_rows) = read_csv(&data.join("test/labels.csv"));
@@ -123,16 +155,32 @@ fn import_train_embed_purchase_evaluate_run() {
         .filter(|p| true_rows.iter().any(|t| t[0] == p[0] && t[1..] == p[1..]))
         .count() as f64
         / pred_rows.len() as f64;
-    assert!(out.contains(&format!("exact match   {exact:.4}")), "{out}\nexpected {exact:.4}");
-    assert!(std::fs::read_to_string(dir.join("metrics.json")).unwrap().contains("macro_f1"));
+    assert!(
+        out.contains(&format!("exact match   {exact:.4}")),
+        "{out}\nexpected {exact:.4}"
+    );
+    assert!(std::fs::read_to_string(dir.join("metrics.json"))
+        .unwrap()
+        .contains("macro_f1"));
 
     // Purchase: at most the budget, no excluded file, no duplicates, scores descending.
     let exclude = dir.join("exclude.csv");
     std::fs::write(&exclude, "file\n00000.png\n00001.png\n").unwrap();
     let purchase = dir.join("purchase.csv");
     labelwise(&[
-        "purchase", "--model", &s(&model), "--pool", &s(&data.join("test")), "--strategy",
-        "entropy", "--budget", "7", "--exclude", &s(&exclude), "--out", &s(&purchase),
+        "purchase",
+        "--model",
+        &s(&model),
+        "--pool",
+        &s(&data.join("test")),
+        "--strategy",
+        "entropy",
+        "--budget",
+        "7",
+        "--exclude",
+        &s(&exclude),
+        "--out",
+        &s(&purchase),
     ]);
     let (header, rows) = read_csv(&purchase);
     assert_eq!(header, ["rank", "file", "score"]);
@@ -146,9 +194,25 @@ fn import_train_embed_purchase_evaluate_run() {
     // Run: the loop on the user's folders, results on disk, never over budget.
     let run_out = dir.join("run");
     let out = labelwise(&[
-        "run", "--labelled", &s(&data.join("test")), "--pool", &s(&data.join("train")), "--test",
-        &s(&data.join("test")), "--epochs", "1", "--retrain-epochs", "1", "--budget", "9",
-        "--batch-size", "16", "--strategies", "random,entropy", "--out", &s(&run_out),
+        "run",
+        "--labelled",
+        &s(&data.join("test")),
+        "--pool",
+        &s(&data.join("train")),
+        "--test",
+        &s(&data.join("test")),
+        "--epochs",
+        "1",
+        "--retrain-epochs",
+        "1",
+        "--budget",
+        "9",
+        "--batch-size",
+        "16",
+        "--strategies",
+        "random,entropy",
+        "--out",
+        &s(&run_out),
     ]);
     assert!(out.contains("entropy"), "{out}");
     let (header, rows) = read_csv(&run_out.join("results.csv"));

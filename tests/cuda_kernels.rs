@@ -1165,6 +1165,9 @@ fn the_interpreter_supports_every_opcode_of_our_ptx() {
     }
     for (module, ptx) in labelwise::backend::cuda::kernels::PTX_MODULES {
         let missing = labelwise::ptx::unsupported_opcodes(ptx);
-        assert!(missing.is_empty(), "{module}.cu uses opcodes the interpreter lacks: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{module}.cu uses opcodes the interpreter lacks: {missing:?}"
+        );
     }
 }

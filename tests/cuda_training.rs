@@ -17,7 +17,11 @@ use rand::{Rng, SeedableRng};
 const LR: f32 = 1e-4;
 
 /// Losses of `steps` Adam steps and the final weights (name, values).
-fn train(backend: BackendHandle, multilabel: bool, steps: usize) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+fn train(
+    backend: BackendHandle,
+    multilabel: bool,
+    steps: usize,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     let (n, size, l) = (4, 16, 3);
     let config = ModelConfig {
         label_names: (0..l).map(|i| format!("l{i}")).collect(),
@@ -29,9 +33,18 @@ fn train(backend: BackendHandle, multilabel: bool, steps: usize) -> (Vec<f32>, V
         std: IMAGENET_STD,
     };
     let mut model = Model::new(backend.clone(), config, 7).unwrap();
-    let mut adam = Adam::new(&mut model, AdamConfig { lr: LR, ..AdamConfig::default() }).unwrap();
+    let mut adam = Adam::new(
+        &mut model,
+        AdamConfig {
+            lr: LR,
+            ..AdamConfig::default()
+        },
+    )
+    .unwrap();
     let mut rng = StdRng::seed_from_u64(11);
-    let images: Vec<f32> = (0..n * size * size * 3).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    let images: Vec<f32> = (0..n * size * size * 3)
+        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+        .collect();
     let mut targets = vec![0.0f32; n * l];
     for i in 0..n {
         targets[i * l + i % l] = 1.0;
@@ -52,7 +65,10 @@ fn train(backend: BackendHandle, multilabel: bool, steps: usize) -> (Vec<f32>, V
     }
     let mut weights = Vec::new();
     model.visit(&mut |name, kind, t| {
-        if kind != TensorKind::Buffer || name.ends_with("running_mean") || name.ends_with("running_var") {
+        if kind != TensorKind::Buffer
+            || name.ends_with("running_mean")
+            || name.ends_with("running_var")
+        {
             weights.push((name.to_string(), t.to_vec().unwrap()));
         }
     });
@@ -96,8 +112,14 @@ fn two_training_steps_match_the_cpu() {
                 count += 1;
             }
         }
-        assert!(worst <= 1.0, "multilabel={multilabel}: weight differs beyond tolerance: {worst_name}");
+        assert!(
+            worst <= 1.0,
+            "multilabel={multilabel}: weight differs beyond tolerance: {worst_name}"
+        );
         let mean = sum / count as f64;
-        assert!(mean < (LR as f64) / 20.0, "multilabel={multilabel}: mean weight difference {mean}");
+        assert!(
+            mean < (LR as f64) / 20.0,
+            "multilabel={multilabel}: mean weight difference {mean}"
+        );
     }
 }

@@ -28,7 +28,9 @@ fn config(labels: usize, multilabel: bool, size: usize) -> ModelConfig {
 
 fn random_images(n: usize, size: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n * size * size * 3).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    (0..n * size * size * 3)
+        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+        .collect()
 }
 
 #[test]
@@ -63,7 +65,9 @@ fn forward_shapes_for_odd_sizes() {
         assert_eq!(out.logits.value.shape(), &[n, 5]);
         let logits = out.logits.value.to_vec().unwrap();
         // Margin-free logits are scale * cosine, so within [-scale, scale].
-        assert!(logits.iter().all(|v| v.is_finite() && v.abs() <= 16.0 + 1e-4));
+        assert!(logits
+            .iter()
+            .all(|v| v.is_finite() && v.abs() <= 16.0 + 1e-4));
     }
 }
 
@@ -74,7 +78,14 @@ fn training_steps_lower_the_loss() {
         let backend = cpu();
         let (n, size, l) = (8, 32, 4);
         let mut model = Model::new(backend.clone(), config(l, multilabel, size), 3).unwrap();
-        let mut adam = Adam::new(&mut model, AdamConfig { lr: 1e-3, ..AdamConfig::default() }).unwrap();
+        let mut adam = Adam::new(
+            &mut model,
+            AdamConfig {
+                lr: 1e-3,
+                ..AdamConfig::default()
+            },
+        )
+        .unwrap();
         let images = random_images(n, size, 4);
         let mut targets = vec![0.0f32; n * l];
         for i in 0..n {
@@ -113,15 +124,25 @@ fn save_and_load_round_trip() {
     let mut loaded = Model::load(&path, backend.clone()).unwrap();
     assert_eq!(loaded.config, model.config);
     let x = Tensor::from_vec(random_images(2, 32, 6), &[2, 32, 32, 3]).unwrap();
-    let a = model.forward(&mut Graph::new(backend.clone(), false), x.clone(), None).unwrap();
-    let b = loaded.forward(&mut Graph::new(backend.clone(), false), x, None).unwrap();
-    assert_eq!(a.logits.value.to_vec().unwrap(), b.logits.value.to_vec().unwrap());
+    let a = model
+        .forward(&mut Graph::new(backend.clone(), false), x.clone(), None)
+        .unwrap();
+    let b = loaded
+        .forward(&mut Graph::new(backend.clone(), false), x, None)
+        .unwrap();
+    assert_eq!(
+        a.logits.value.to_vec().unwrap(),
+        b.logits.value.to_vec().unwrap()
+    );
 
     // Convolution weights are stored in torchvision's [Co, Ci, kh, kw] layout.
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(file.tensor("conv1.weight").unwrap().shape(), &[64, 3, 7, 7]);
-    assert_eq!(file.tensor("layer2.0.downsample.0.weight").unwrap().shape(), &[128, 64, 1, 1]);
+    assert_eq!(
+        file.tensor("layer2.0.downsample.0.weight").unwrap().shape(),
+        &[128, 64, 1, 1]
+    );
 
     // A file missing a tensor is an error naming it.
     let mut views = Vec::new();
@@ -134,7 +155,10 @@ fn save_and_load_round_trip() {
     let broken = safetensors::serialize(views, meta.metadata().clone()).unwrap();
     let broken_path = dir.join("broken.safetensors");
     std::fs::write(&broken_path, broken).unwrap();
-    let err = Model::load(&broken_path, backend).err().expect("load must fail").to_string();
+    let err = Model::load(&broken_path, backend)
+        .err()
+        .expect("load must fail")
+        .to_string();
     assert!(err.contains("layer3.1.bn1.weight"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

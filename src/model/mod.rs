@@ -46,7 +46,11 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn cosface(&self) -> CosFaceParams {
-        CosFaceParams { margin: self.margin, scale: self.scale, multilabel: self.multilabel }
+        CosFaceParams {
+            margin: self.margin,
+            scale: self.scale,
+            multilabel: self.multilabel,
+        }
     }
 }
 
@@ -99,15 +103,24 @@ impl Model {
     /// A freshly initialised model; the same seed gives the same weights on every backend.
     pub fn new(backend: BackendHandle, config: ModelConfig, seed: u64) -> Result<Self> {
         if config.label_names.is_empty() {
-            return Err(Error::InvalidArgument("a model needs at least one label".into()));
+            return Err(Error::InvalidArgument(
+                "a model needs at least one label".into(),
+            ));
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let encoder = ResNet18::new(&backend, &mut rng)?;
         let l = config.label_names.len();
         let std = (2.0 / (EMBEDDING_DIM + l) as f32).sqrt();
-        let w: Vec<f32> = (0..l * EMBEDDING_DIM).map(|_| std * normal(&mut rng)).collect();
+        let w: Vec<f32> = (0..l * EMBEDDING_DIM)
+            .map(|_| std * normal(&mut rng))
+            .collect();
         let head = backend.from_host(&w, &[l, EMBEDDING_DIM])?;
-        Ok(Model { config, encoder, head, backend })
+        Ok(Model {
+            config,
+            encoder,
+            head,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> &BackendHandle {
@@ -132,7 +145,11 @@ impl Model {
         let w = g.param(&self.head);
         let logits = g.cosface(&emb, &w, targets, self.config.cosface())?;
         slots.set(self.encoder.num_slots, [w]);
-        Ok(Forward { logits, embeddings: emb.value, slots })
+        Ok(Forward {
+            logits,
+            embeddings: emb.value,
+            slots,
+        })
     }
 
     /// Visits every tensor with its name; trainable ones come in slot order.
@@ -160,9 +177,11 @@ impl Model {
         self.visit(&mut |name, kind, t| {
             let result = t.to_vec().map(|v| to_file_layout(kind, t.shape(), v));
             match result {
-                Ok((shape, data)) => {
-                    tensors.push((name.to_string(), shape, bytemuck::cast_slice(&data).to_vec()))
-                }
+                Ok((shape, data)) => tensors.push((
+                    name.to_string(),
+                    shape,
+                    bytemuck::cast_slice(&data).to_vec(),
+                )),
                 Err(e) => failure = Some(e),
             }
         });
@@ -174,19 +193,34 @@ impl Model {
             .map(|(name, shape, bytes)| {
                 safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
                     .map(|v| (name.clone(), v))
-                    .map_err(|e| Error::Format { path: path.into(), detail: e.to_string() })
+                    .map_err(|e| Error::Format {
+                        path: path.into(),
+                        detail: e.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, Some(self.config_metadata()))
-            .map_err(|e| Error::Format { path: path.into(), detail: e.to_string() })?;
+        let bytes = safetensors::serialize(views, Some(self.config_metadata())).map_err(|e| {
+            Error::Format {
+                path: path.into(),
+                detail: e.to_string(),
+            }
+        })?;
         crate::io::write_atomic(path, &bytes)
     }
 
     fn config_metadata(&self) -> HashMap<String, String> {
         let c = &self.config;
-        let join = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let join = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         HashMap::from([
-            ("format".to_string(), "labelwise-resnet18-cosface".to_string()),
+            (
+                "format".to_string(),
+                "labelwise-resnet18-cosface".to_string(),
+            ),
             ("label_names".to_string(), c.label_names.join("\n")),
             ("multilabel".to_string(), c.multilabel.to_string()),
             ("image_size".to_string(), c.image_size.to_string()),
@@ -200,22 +234,36 @@ impl Model {
     /// Loads a model saved by [`Model::save`] onto `backend`.
     pub fn load(path: &Path, backend: BackendHandle) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let format = |detail: String| Error::Format { path: path.into(), detail };
+        let format = |detail: String| Error::Format {
+            path: path.into(),
+            detail,
+        };
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| format(format!("not a safetensors file: {e}")))?;
         let info = meta.metadata().clone().unwrap_or_default();
         let get = |key: &str| {
-            info.get(key).cloned().ok_or_else(|| format(format!("metadata lacks {key:?}")))
+            info.get(key)
+                .cloned()
+                .ok_or_else(|| format(format!("metadata lacks {key:?}")))
         };
         let parse_f32 = |key: &str| -> Result<f32> {
-            get(key)?.parse().map_err(|_| format(format!("metadata {key:?} is not a number")))
+            get(key)?
+                .parse()
+                .map_err(|_| format(format!("metadata {key:?} is not a number")))
         };
         let triple = |key: &str| -> Result<[f32; 3]> {
-            let v: Vec<f32> = get(key)?.split(',').filter_map(|s| s.parse().ok()).collect();
-            v.try_into().map_err(|_| format(format!("metadata {key:?} is not three numbers")))
+            let v: Vec<f32> = get(key)?
+                .split(',')
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            v.try_into()
+                .map_err(|_| format(format!("metadata {key:?} is not three numbers")))
         };
         let config = ModelConfig {
-            label_names: get("label_names")?.split('\n').map(str::to_string).collect(),
+            label_names: get("label_names")?
+                .split('\n')
+                .map(str::to_string)
+                .collect(),
             multilabel: get("multilabel")? == "true",
             image_size: get("image_size")?
                 .parse()
@@ -347,7 +395,12 @@ impl Model {
                         Err(e) => failure = Some(e),
                     }
                 }
-                _ => failure = Some(Error::shape("restore", format!("snapshot does not fit {name}"))),
+                _ => {
+                    failure = Some(Error::shape(
+                        "restore",
+                        format!("snapshot does not fit {name}"),
+                    ))
+                }
             }
         });
         failure.map_or(Ok(()), Err)

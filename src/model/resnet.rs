@@ -93,11 +93,31 @@ impl ConvBn {
     }
 
     fn visit(&mut self, f: &mut dyn FnMut(&str, TensorKind, &mut Tensor)) {
-        f(&format!("{}.weight", self.conv_name), TensorKind::ConvWeight, &mut self.weight);
-        f(&format!("{}.weight", self.bn_name), TensorKind::Param, &mut self.gamma);
-        f(&format!("{}.bias", self.bn_name), TensorKind::Param, &mut self.beta);
-        f(&format!("{}.running_mean", self.bn_name), TensorKind::Buffer, &mut self.running_mean);
-        f(&format!("{}.running_var", self.bn_name), TensorKind::Buffer, &mut self.running_var);
+        f(
+            &format!("{}.weight", self.conv_name),
+            TensorKind::ConvWeight,
+            &mut self.weight,
+        );
+        f(
+            &format!("{}.weight", self.bn_name),
+            TensorKind::Param,
+            &mut self.gamma,
+        );
+        f(
+            &format!("{}.bias", self.bn_name),
+            TensorKind::Param,
+            &mut self.beta,
+        );
+        f(
+            &format!("{}.running_mean", self.bn_name),
+            TensorKind::Buffer,
+            &mut self.running_mean,
+        );
+        f(
+            &format!("{}.running_var", self.bn_name),
+            TensorKind::Buffer,
+            &mut self.running_var,
+        );
     }
 }
 
@@ -143,11 +163,27 @@ impl ResNet18 {
                 let prefix = format!("layer{}.{index}", layer + 1);
                 let name = |s: &str| format!("{prefix}.{s}");
                 let conv1 = ConvBn::new(
-                    backend, rng, &mut slots, &name("conv1"), &name("bn1"), c_in, width, 3,
-                    stride, 1,
+                    backend,
+                    rng,
+                    &mut slots,
+                    &name("conv1"),
+                    &name("bn1"),
+                    c_in,
+                    width,
+                    3,
+                    stride,
+                    1,
                 )?;
                 let conv2 = ConvBn::new(
-                    backend, rng, &mut slots, &name("conv2"), &name("bn2"), width, width, 3, 1,
+                    backend,
+                    rng,
+                    &mut slots,
+                    &name("conv2"),
+                    &name("bn2"),
+                    width,
+                    width,
+                    3,
+                    1,
                     1,
                 )?;
                 let downsample = match stride != 1 || c_in != width {
@@ -165,11 +201,19 @@ impl ResNet18 {
                     )?),
                     false => None,
                 };
-                blocks.push(BasicBlock { conv1, conv2, downsample });
+                blocks.push(BasicBlock {
+                    conv1,
+                    conv2,
+                    downsample,
+                });
                 c_in = width;
             }
         }
-        Ok(ResNet18 { stem, blocks, num_slots: slots })
+        Ok(ResNet18 {
+            stem,
+            blocks,
+            num_slots: slots,
+        })
     }
 
     /// Runs the encoder; in a recording graph batch norm uses batch statistics and updates
@@ -177,7 +221,14 @@ impl ResNet18 {
     pub fn forward(&mut self, g: &mut Graph, x: &Var, slots: &mut ParamSlots) -> Result<Var> {
         let y = self.stem.forward(g, x, slots)?;
         let y = g.relu(&y)?;
-        let mut y = g.max_pool(&y, PoolParams { kernel: 3, stride: 2, padding: 1 })?;
+        let mut y = g.max_pool(
+            &y,
+            PoolParams {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+        )?;
         for block in &mut self.blocks {
             y = block.forward(g, &y, slots)?;
         }

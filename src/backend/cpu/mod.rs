@@ -246,9 +246,13 @@ impl Backend for CpuBackend {
     // TODO: pool scoring is written in `crate::active` and wired here by the lead.
     fn score_pool(&self, logits: &Tensor, p: ScoreParams) -> Result<Tensor> {
         let [n, l] = logits.shape() else {
-            return Err(Error::shape("score_pool", format!("logits {:?} are not [N, L]", logits.shape())));
+            return Err(Error::shape(
+                "score_pool",
+                format!("logits {:?} are not [N, L]", logits.shape()),
+            ));
         };
-        let scores = crate::active::uncertainty::score_rows(logits.cpu_slice("score_pool")?, *l, p)?;
+        let scores =
+            crate::active::uncertainty::score_rows(logits.cpu_slice("score_pool")?, *l, p)?;
         Tensor::from_vec(scores, &[*n])
     }
 

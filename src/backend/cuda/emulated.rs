@@ -27,7 +27,10 @@ impl EmulatedDevice {
     }
 
     pub fn with_options(options: LaunchOptions) -> Self {
-        EmulatedDevice { machine: Machine::new(options), modules: Mutex::default() }
+        EmulatedDevice {
+            machine: Machine::new(options),
+            modules: Mutex::default(),
+        }
     }
 
     /// The interpreter, for tests that inspect allocations.
@@ -36,7 +39,10 @@ impl EmulatedDevice {
     }
 
     fn module(&self, name: &str) -> Result<Arc<Module>> {
-        let modules = self.modules.lock().map_err(|_| Error::Cuda("module table poisoned".into()))?;
+        let modules = self
+            .modules
+            .lock()
+            .map_err(|_| Error::Cuda("module table poisoned".into()))?;
         modules
             .get(name)
             .cloned()
@@ -52,7 +58,10 @@ impl Default for EmulatedDevice {
 
 impl DeviceApi for EmulatedDevice {
     fn describe(&self) -> String {
-        format!("PTX interpreter on {} CPU threads", rayon::current_num_threads())
+        format!(
+            "PTX interpreter on {} CPU threads",
+            rayon::current_num_threads()
+        )
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
@@ -72,14 +81,18 @@ impl DeviceApi for EmulatedDevice {
     }
 
     fn fill_u32(&self, dst: DevPtr, value: u32, count: usize) -> Result<()> {
-        let bytes: Vec<u8> = std::iter::repeat_n(value.to_le_bytes(), count).flatten().collect();
+        let bytes: Vec<u8> = std::iter::repeat_n(value.to_le_bytes(), count)
+            .flatten()
+            .collect();
         Ok(self.machine.write(dst, &bytes)?)
     }
 
     fn load_module(&self, module: &ModuleImage) -> Result<()> {
         let parsed = Module::parse(module.ptx)?;
-        let mut modules =
-            self.modules.lock().map_err(|_| Error::Cuda("module table poisoned".into()))?;
+        let mut modules = self
+            .modules
+            .lock()
+            .map_err(|_| Error::Cuda("module table poisoned".into()))?;
         modules.insert(module.name, Arc::new(parsed));
         Ok(())
     }
@@ -91,7 +104,14 @@ impl DeviceApi for EmulatedDevice {
 
     unsafe fn launch(&self, kernel: &Kernel, dims: LaunchDims, params: &[u8]) -> Result<()> {
         let module = self.module(kernel.module)?;
-        self.machine.launch(&module, kernel.name, dims.grid, dims.block, dims.shared_bytes, params)?;
+        self.machine.launch(
+            &module,
+            kernel.name,
+            dims.grid,
+            dims.block,
+            dims.shared_bytes,
+            params,
+        )?;
         Ok(())
     }
 
