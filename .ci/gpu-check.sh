@@ -44,8 +44,11 @@ fi
 
 echo "== 2. labelwise bench --device cuda"
 if "$stage/labelwise" --help 2>&1 | grep -qw bench; then
-  timeout 120 "$stage/labelwise" bench --device cuda 2>&1 | tee "$logs/labelwise-bench.log"
-  summary+=("labelwise bench: exit ${PIPESTATUS[0]}")
+  for size in 64 224; do
+    timeout 150 "$stage/labelwise" bench --device cuda --image-size "$size" --batch-size 128 \
+      --json "$logs/labelwise-bench-$size.json" 2>&1 | tee "$logs/labelwise-bench-$size.log"
+    summary+=("labelwise bench ${size}px: exit ${PIPESTATUS[0]}")
+  done
 else
   summary+=("labelwise bench: not in this build yet")
 fi

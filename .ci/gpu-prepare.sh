@@ -12,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=${1:-$root/target/gpu-stage}
-tests=${LABELWISE_GPU_TESTS:-cuda_kernels}
+tests=${LABELWISE_GPU_TESTS:-cuda_kernels cuda_training}
 cd "$root"
 
 rm -rf "$stage"

@@ -77,7 +77,13 @@ fn train(
 
 #[test]
 fn two_training_steps_match_the_cpu() {
-    let gpu: BackendHandle = match CudaBackend::open(0).or_else(|_| CudaBackend::emulated()) {
+    // LABELWISE_TEST_DEVICE=gpu (the GPU check script) refuses the interpreter.
+    let want_gpu = std::env::var("LABELWISE_TEST_DEVICE").is_ok_and(|v| v == "gpu");
+    let opened = match CudaBackend::open(0) {
+        Err(_) if !want_gpu => CudaBackend::emulated(),
+        other => other,
+    };
+    let gpu: BackendHandle = match opened {
         Ok(b) => b,
         Err(e) => {
             eprintln!("SKIPPED two_training_steps_match_the_cpu: no CUDA backend ({e})");

@@ -107,6 +107,8 @@ pub trait Backend: Send + Sync {
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
+    /// The most device memory held at once so far, in bytes (None for host memory).
+    fn peak_device_bytes(&self) -> Option<usize>;
     /// Number of NaN or infinite elements.
     fn non_finite_count(&self, x: &Tensor) -> Result<usize>;
 

@@ -359,6 +359,10 @@ pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
     doc["train_images_per_s"] = serde_json::json!(m.train_images_per_s());
     doc["inference_images_per_s"] = serde_json::json!(m.inference_images_per_s());
     doc["train_step_ms"] = serde_json::json!(m.train_step.median_ms);
+    if let Some(peak) = backend.peak_device_bytes() {
+        println!("peak device memory: {:.1} MiB", peak as f64 / (1u64 << 20) as f64);
+        doc["peak_device_bytes"] = serde_json::json!(peak);
+    }
     if let Some(path) = &a.json {
         labelwise::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }

@@ -80,6 +80,10 @@ impl Backend for CpuBackend {
         memory::zeros(shape)
     }
 
+    fn peak_device_bytes(&self) -> Option<usize> {
+        None
+    }
+
     fn non_finite_count(&self, x: &Tensor) -> Result<usize> {
         memory::non_finite_count(x)
     }

@@ -421,6 +421,10 @@ impl Backend for CudaBackend {
         Ok(t)
     }
 
+    fn peak_device_bytes(&self) -> Option<usize> {
+        Some(self.peak_bytes())
+    }
+
     fn non_finite_count(&self, x: &Tensor) -> Result<usize> {
         const OP: &str = "non_finite_count";
         let n = x.len();
