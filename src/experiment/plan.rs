@@ -37,7 +37,9 @@ impl fmt::Display for StopReason {
     }
 }
 
-/// Counts what one strategy spends against its share of the budget.
+/// Counts what one strategy spends against its share of the budget. The loop asks it before
+/// every training batch and every scoring pass, so a share is overrun by at most one batch or
+/// one pass over the pool, the labelled set or the test set.
 #[derive(Debug, Clone)]
 pub struct Meter {
     start: Instant,
