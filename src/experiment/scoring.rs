@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 use crate::model::{Model, EMBEDDING_DIM};
 use crate::train::{self, Inference, TrainConfig};
 
-/// The hybrid short-lists this many times the round's quota by entropy before the diverse pick:
-/// wide enough that k-means++ seeding has room to spread, narrow enough that every pick is
-/// still among the most uncertain few percent of a pool of thousands.
+/// The hybrid short-lists this many times the round's quota by entropy before the diverse pick
+/// (`Strategy::Hybrid`'s description says "4k"): wide enough that k-means++ seeding has room to
+/// spread, narrow enough that every pick is still among the pool's most uncertain images.
 pub const HYBRID_PRE_FACTOR: usize = 4;
 
 /// Everything a strategy may rank by, for one pool. Only what the strategy needs must be there
