@@ -52,6 +52,13 @@ pub enum Error {
     },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    // Active learning.
+    #[error("strategy {strategy} needs {what}, which was not given")]
+    StrategyInput {
+        strategy: &'static str,
+        what: String,
+    },
 }
 
 /// The library's result type.

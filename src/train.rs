@@ -80,7 +80,11 @@ pub struct EpochReport {
 
 /// What a training loop tells its caller as it goes.
 pub enum Progress<'a> {
-    Batch { epoch: usize, batch: usize, batches: usize },
+    Batch {
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+    },
     Epoch(&'a EpochReport),
 }
 
@@ -95,7 +99,11 @@ pub struct Inference {
 }
 
 /// Splits `indices` into (train, validation) with a seeded shuffle.
-pub fn split_train_val(indices: &[usize], val_fraction: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub fn split_train_val(
+    indices: &[usize],
+    val_fraction: f32,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut shuffled = indices.to_vec();
     shuffled.shuffle(&mut StdRng::seed_from_u64(seed));
     let n_val = ((indices.len() as f32) * val_fraction.clamp(0.0, 1.0)).round() as usize;
@@ -105,7 +113,10 @@ pub fn split_train_val(indices: &[usize], val_fraction: f32, seed: u64) -> (Vec<
 }
 
 fn normalize_of(model: &Model) -> Normalize {
-    Normalize { mean: model.config.mean, std: model.config.std }
+    Normalize {
+        mean: model.config.mean,
+        std: model.config.std,
+    }
 }
 
 fn check_data(model: &Model, data: &Dataset, labelled: bool) -> Result<()> {
@@ -117,7 +128,9 @@ fn check_data(model: &Model, data: &Dataset, labelled: bool) -> Result<()> {
     }
     if labelled {
         if data.labels.is_none() {
-            return Err(Error::InvalidArgument("training needs labelled data".into()));
+            return Err(Error::InvalidArgument(
+                "training needs labelled data".into(),
+            ));
         }
         if data.label_names != model.config.label_names {
             return Err(Error::InvalidArgument(format!(
@@ -138,6 +151,32 @@ pub fn fit(
     cfg: &TrainConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<EpochReport>> {
+    Ok(fit_until(model, data, train, val, cfg, progress, &mut |_| false)?.epochs)
+}
+
+/// What [`fit_until`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitOutcome {
+    /// Reports of the epochs that finished.
+    pub epochs: Vec<EpochReport>,
+    /// Images processed: one per training image per epoch, plus validation images scored.
+    pub images: u64,
+    /// Whether `stop` ended training before `cfg.epochs` epochs.
+    pub stopped: bool,
+}
+
+/// [`fit`] that asks `stop(images processed so far)` before every batch and every validation
+/// pass, and returns early (with the epochs finished so far) when it answers `true`. This is how
+/// a compute budget interrupts training: the model keeps the updates made up to that point.
+pub fn fit_until(
+    model: &mut Model,
+    data: &Dataset,
+    train: &[usize],
+    val: &[usize],
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+    stop: &mut dyn FnMut(u64) -> bool,
+) -> Result<FitOutcome> {
     check_data(model, data, true)?;
     if train.len() < 2 {
         return Err(Error::InvalidArgument(format!(
@@ -153,21 +192,38 @@ pub fn fit(
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
     let mut reports = Vec::with_capacity(cfg.epochs);
+    let mut processed = 0u64;
 
     for epoch in 1..=cfg.epochs {
         let mut order = train.to_vec();
         order.shuffle(&mut rng);
         // Batch norm needs two samples per channel; a trailing batch of one is dropped.
-        let batches: Vec<&[usize]> =
-            order.chunks(cfg.batch_size.max(2)).filter(|b| b.len() >= 2).collect();
+        let batches: Vec<&[usize]> = order
+            .chunks(cfg.batch_size.max(2))
+            .filter(|b| b.len() >= 2)
+            .collect();
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         let (mut y_true, mut y_pred) = (Vec::new(), Vec::new());
 
         for (b, idx) in batches.iter().enumerate() {
-            progress(Progress::Batch { epoch, batch: b, batches: batches.len() });
+            if stop(processed) {
+                return Ok(FitOutcome {
+                    epochs: reports,
+                    images: processed,
+                    stopped: true,
+                });
+            }
+            progress(Progress::Batch {
+                epoch,
+                batch: b,
+                batches: batches.len(),
+            });
 
             // Forward with the margin, backward, update.
-            let images = backend.from_host(&data.batch_pixels(idx, &norm), &image_shape(data, idx.len()))?;
+            let images = backend.from_host(
+                &data.batch_pixels(idx, &norm),
+                &image_shape(data, idx.len()),
+            )?;
             let labels = data.label_rows(idx)?;
             let targets = backend.from_host(&labels, &[idx.len(), num_labels])?;
             let mut g = Graph::new(backend.clone(), true);
@@ -187,12 +243,21 @@ pub fn fit(
             adam.update(model, grads, fwd.slots)?;
 
             // Training metrics from the margin-free logits of the same forward pass.
-            let plain = backend.cosface_fwd(&fwd.embeddings, &model.head, None, model.config.cosface())?;
+            let plain =
+                backend.cosface_fwd(&fwd.embeddings, &model.head, None, model.config.cosface())?;
             let probs = backend.to_host(&backend.probabilities(&plain, multilabel)?)?;
             y_pred.extend(metrics::predict(&probs, num_labels, multilabel)?);
             y_true.extend(labels.iter().map(|&v| v as u8));
             loss_sum += loss_value as f64 * idx.len() as f64;
             seen += idx.len();
+            processed += idx.len() as u64;
+        }
+        if !val.is_empty() && stop(processed) {
+            return Ok(FitOutcome {
+                epochs: reports,
+                images: processed,
+                stopped: true,
+            });
         }
 
         let train_report = SplitReport {
@@ -203,6 +268,7 @@ pub fn fit(
             true => None,
             false => Some(evaluate(model, data, val, cfg.batch_size)?),
         };
+        processed += val.len() as u64;
         let report = EpochReport {
             epoch,
             epochs: cfg.epochs,
@@ -213,7 +279,11 @@ pub fn fit(
         progress(Progress::Epoch(&report));
         reports.push(report);
     }
-    Ok(reports)
+    Ok(FitOutcome {
+        epochs: reports,
+        images: processed,
+        stopped: false,
+    })
 }
 
 fn image_shape(data: &Dataset, n: usize) -> [usize; 4] {
@@ -237,7 +307,10 @@ pub fn infer(
         probabilities: Vec::with_capacity(indices.len() * l),
     };
     for idx in indices.chunks(batch_size.max(1)) {
-        let images = backend.from_host(&data.batch_pixels(idx, &norm), &image_shape(data, idx.len()))?;
+        let images = backend.from_host(
+            &data.batch_pixels(idx, &norm),
+            &image_shape(data, idx.len()),
+        )?;
         let mut g = Graph::new(backend.clone(), false);
         let fwd = model.forward(&mut g, images, None)?;
         let probs = backend.probabilities(&fwd.logits.value, model.config.multilabel)?;
@@ -262,13 +335,20 @@ pub fn evaluate(
     let (l, multilabel) = (model.num_labels(), model.config.multilabel);
     let (mut loss_sum, mut y_true, mut y_pred) = (0.0f64, Vec::new(), Vec::new());
     for idx in indices.chunks(batch_size.max(1)) {
-        let images = backend.from_host(&data.batch_pixels(idx, &norm), &image_shape(data, idx.len()))?;
+        let images = backend.from_host(
+            &data.batch_pixels(idx, &norm),
+            &image_shape(data, idx.len()),
+        )?;
         let labels = data.label_rows(idx)?;
         let targets = backend.from_host(&labels, &[idx.len(), l])?;
         let mut g = Graph::new(backend.clone(), false);
         let fwd = model.forward(&mut g, images, None)?;
-        let margin_logits =
-            backend.cosface_fwd(&fwd.embeddings, &model.head, Some(&targets), model.config.cosface())?;
+        let margin_logits = backend.cosface_fwd(
+            &fwd.embeddings,
+            &model.head,
+            Some(&targets),
+            model.config.cosface(),
+        )?;
         let loss = match multilabel {
             false => backend.softmax_xent_fwd(&margin_logits, &targets)?,
             true => backend.sigmoid_xent_fwd(&margin_logits, &targets)?,

@@ -149,7 +149,7 @@ impl Strategy {
                 "greedy k-centre: buy argmax_x min_s ||e_x - e_s||, s over labelled and bought"
             }
             Strategy::Hybrid => {
-                "top pre_factor*k by entropy, then k of them by k-means++ seeding on embeddings"
+                "top 4k of the pool by entropy, then k of them by k-means++ seeding on embeddings"
             }
             Strategy::Balanced { uncertainty } => match uncertainty {
                 Uncertainty::LeastConfidence => {

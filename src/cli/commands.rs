@@ -11,15 +11,16 @@ use labelwise::active::select::Pool;
 use labelwise::active::Strategy;
 use labelwise::backend::{self, Aggregate, BackendHandle};
 use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
-use labelwise::experiment::{self, ExperimentConfig, ModelSettings};
+use labelwise::experiment::{self, ComputeBudget, Evaluator, ExperimentConfig, ModelSettings};
 use labelwise::model::{Model, IMAGENET_MEAN, IMAGENET_STD};
 use labelwise::optim::AdamConfig;
 use labelwise::train::{self, LrSchedule, TrainConfig};
 
 use super::output;
 use super::progress::Reporter;
+use super::{BenchArgs, EvaluatorChoice, RunArgs, TrainArgs};
 use super::{EmbedArgs, EvaluateArgs, FashionMnistArgs, Global, LossChoice, PurchaseArgs, Recipe};
-use super::{BenchArgs, RunArgs, ScheduleChoice, TrainArgs};
+use super::ScheduleChoice;
 
 fn open_backend(global: &Global) -> anyhow::Result<BackendHandle> {
     Ok(backend::open(global.device)?)
@@ -97,8 +98,17 @@ fn print_config(global: &Global, backend: &BackendHandle, rows: &[(&str, String)
     }
     let threads = rayon::current_num_threads();
     println!("labelwise {}", env!("CARGO_PKG_VERSION"));
-    println!("  {:<18} {} ({} threads)", "device", backend.name(), threads);
-    println!("  {:<18} {}", "cuda kernels", labelwise::backend::cuda::kernel_build_summary());
+    println!(
+        "  {:<18} {} ({} threads)",
+        "device",
+        backend.name(),
+        threads
+    );
+    println!(
+        "  {:<18} {}",
+        "cuda kernels",
+        labelwise::backend::cuda::kernel_build_summary()
+    );
     for (k, v) in rows {
         println!("  {k:<18} {v}");
     }
@@ -132,7 +142,11 @@ pub fn import_fashion_mnist(global: &Global, a: &FashionMnistArgs) -> anyhow::Re
             summary.test_items,
             summary.test_dir.display()
         );
-        println!("imported into {} in {:.1}s", a.out.display(), start.elapsed().as_secs_f64());
+        println!(
+            "imported into {} in {:.1}s",
+            a.out.display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -143,8 +157,27 @@ pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
     let data = load(&a.data, a.recipe.image_size)?;
     let config = a.recipe.settings().config_for(&data);
     let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
-    rows.insert(0, ("data", format!("{} ({} images, {} labels)", a.data.display(), data.len(), data.num_labels())));
-    rows.push(("loss", if config.multilabel { "sigmoid (multi-label)" } else { "softmax" }.into()));
+    rows.insert(
+        0,
+        (
+            "data",
+            format!(
+                "{} ({} images, {} labels)",
+                a.data.display(),
+                data.len(),
+                data.num_labels()
+            ),
+        ),
+    );
+    rows.push((
+        "loss",
+        if config.multilabel {
+            "sigmoid (multi-label)"
+        } else {
+            "softmax"
+        }
+        .into(),
+    ));
     print_config(global, &backend, &rows);
 
     let all: Vec<usize> = (0..data.len()).collect();
@@ -159,7 +192,9 @@ pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
         &a.recipe.train_config(a.recipe.epochs),
         &mut |p| reporter.training(p),
     )?;
-    model.save(&a.out).with_context(|| format!("saving {}", a.out.display()))?;
+    model
+        .save(&a.out)
+        .with_context(|| format!("saving {}", a.out.display()))?;
     if let Some(last) = epochs.last().and_then(|e| e.val.as_ref()) {
         output::note_undefined_f1(&last.metrics, &data.label_names);
     }
@@ -181,13 +216,36 @@ pub fn embed(global: &Global, a: &EmbedArgs) -> anyhow::Result<()> {
     data.labels = None;
     let all: Vec<usize> = (0..data.len()).collect();
     let inference = train::infer(&mut model, &data, &all, a.batch_size)?;
-    let predictions = metrics::predict(&inference.probabilities, model.num_labels(), model.config.multilabel)?;
+    let predictions = metrics::predict(
+        &inference.probabilities,
+        model.num_labels(),
+        model.config.multilabel,
+    )?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    output::write_matrix(&a.out.join("embeddings.csv"), &data.files, &output::numbered("e", labelwise::model::EMBEDDING_DIM), &inference.embeddings)?;
-    output::write_matrix(&a.out.join("probabilities.csv"), &data.files, &model.config.label_names, &inference.probabilities)?;
-    data::write_labels_csv(&a.out.join("predictions.csv"), &model.config.label_names, &data.files, &predictions)?;
+    output::write_matrix(
+        &a.out.join("embeddings.csv"),
+        &data.files,
+        &output::numbered("e", labelwise::model::EMBEDDING_DIM),
+        &inference.embeddings,
+    )?;
+    output::write_matrix(
+        &a.out.join("probabilities.csv"),
+        &data.files,
+        &model.config.label_names,
+        &inference.probabilities,
+    )?;
+    data::write_labels_csv(
+        &a.out.join("predictions.csv"),
+        &model.config.label_names,
+        &data.files,
+        &predictions,
+    )?;
     if !global.quiet {
-        println!("wrote embeddings, probabilities and predictions of {} images to {}", data.len(), a.out.display());
+        println!(
+            "wrote embeddings, probabilities and predictions of {} images to {}",
+            data.len(),
+            a.out.display()
+        );
     }
     Ok(())
 }
@@ -197,37 +255,144 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
     let aggregate = parse_aggregate(&a.aggregate)?;
     let backend = open_backend(global)?;
     let mut model = Model::load(&a.model, backend.clone())?;
-    let mut data = load(&a.pool, model.config.image_size)?;
+    let size = model.config.image_size;
+    let mut data = load(&a.pool, size)?;
     data.labels = None;
     let mut pool = Pool::new(data.files.clone())?;
 
     // Files already labelled or bought are never offered.
     if let Some(path) = &a.exclude {
         let excluded = output::read_first_column(path)?;
-        let index: HashMap<&str, usize> = data.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
-        let known: Vec<usize> = excluded.iter().filter_map(|f| index.get(f.as_str()).copied()).collect();
+        let index: HashMap<&str, usize> = data
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i))
+            .collect();
+        let known: Vec<usize> = excluded
+            .iter()
+            .filter_map(|f| index.get(f.as_str()).copied())
+            .collect();
         pool.mark_bought(&known)?;
         if !global.quiet {
-            println!("excluding {} of {} listed files found in the pool", known.len(), excluded.len());
+            println!(
+                "excluding {} of {} listed files found in the pool",
+                known.len(),
+                excluded.len()
+            );
         }
     }
 
+    // What the strategy needs besides the pool's logits, from --labelled and --val.
+    let labelled = match &a.labelled {
+        Some(dir)
+            if strategy.needs_embeddings()
+                || strategy.needs_committee()
+                || strategy.needs_label_f1() =>
+        {
+            Some(load(dir, size)?)
+        }
+        _ => None,
+    };
     let all: Vec<usize> = (0..data.len()).collect();
     let inference = train::infer(&mut model, &data, &all, a.batch_size)?;
-    let chosen = experiment::choose(
-        &strategy,
-        &backend,
-        &inference,
-        &pool,
-        a.budget,
+    let centres = match (&labelled, strategy == Strategy::Coreset) {
+        (Some(l), true) => Some(
+            train::infer(
+                &mut model,
+                l,
+                &(0..l.len()).collect::<Vec<_>>(),
+                a.batch_size,
+            )?
+            .embeddings,
+        ),
+        _ => None,
+    };
+    let committee = match (&labelled, strategy.needs_committee()) {
+        (Some(l), true) => {
+            let recipe = experiment::CommitteeRecipe {
+                size: a.committee_size,
+                train: TrainConfig {
+                    epochs: a.committee_epochs,
+                    batch_size: 32,
+                    adam: AdamConfig::default(),
+                    seed: a.seed,
+                    lr_schedule: LrSchedule::Cosine,
+                },
+                infer_batch: a.batch_size,
+            };
+            let all_labelled: Vec<usize> = (0..l.len()).collect();
+            Some(
+                experiment::build_committee(
+                    &mut model,
+                    l,
+                    &all_labelled,
+                    &data,
+                    &recipe,
+                    a.seed,
+                    &mut |_| false,
+                )?
+                .members,
+            )
+        }
+        _ => None,
+    };
+    let label_f1 = match (
+        a.val.as_ref().or(a.labelled.as_ref()),
+        strategy.needs_label_f1(),
+    ) {
+        (Some(dir), true) => {
+            let val = match (&a.val, &labelled) {
+                (None, Some(l)) => l.clone(),
+                _ => load(dir, size)?,
+            };
+            Some(
+                train::evaluate(
+                    &mut model,
+                    &val,
+                    &(0..val.len()).collect::<Vec<_>>(),
+                    a.batch_size,
+                )?
+                .metrics
+                .per_label_f1,
+            )
+        }
+        _ => None,
+    };
+
+    let scoring = experiment::Scoring {
+        pool: Some(&inference),
+        centres: centres.as_deref(),
+        committee: committee.as_deref(),
+        label_f1: label_f1.as_deref(),
+    };
+    let params = experiment::ChooseParams {
         aggregate,
-        model.config.multilabel,
-        model.num_labels(),
-        a.seed,
+        multilabel: model.config.multilabel,
+        num_labels: model.num_labels(),
+        seed: a.seed,
+    };
+    let chosen = experiment::choose(&strategy, &backend, &scoring, &pool, a.budget, params)
+        .map_err(|e| match e {
+            labelwise::Error::StrategyInput { .. } => {
+                anyhow!(e).context(format!("{strategy} needs --labelled DIR (labelled images)"))
+            }
+            e => anyhow!(e),
+        })?;
+    output::write_purchase(
+        &a.out,
+        &chosen
+            .iter()
+            .map(|&(i, s)| (data.files[i].clone(), s))
+            .collect::<Vec<_>>(),
     )?;
-    output::write_purchase(&a.out, &chosen.iter().map(|&(i, s)| (data.files[i].clone(), s)).collect::<Vec<_>>())?;
     if !global.quiet {
-        println!("chose {} of {} available images by {strategy}; wrote {}", chosen.len(), pool.available().len() + chosen.len(), a.out.display());
+        println!(
+            "chose {} of {} available images by {strategy}; wrote {}",
+            chosen.len(),
+            pool.available().len(),
+            a.out.display()
+        );
     }
     Ok(())
 }
@@ -245,19 +410,32 @@ pub fn evaluate(global: &Global, a: &EvaluateArgs) -> anyhow::Result<()> {
         );
     }
     let l = truth.label_names.len();
-    let row_of: HashMap<&str, usize> = truth.files.iter().enumerate().map(|(i, f)| (f.as_str(), i)).collect();
+    let row_of: HashMap<&str, usize> = truth
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.as_str(), i))
+        .collect();
     let (mut y_true, mut y_pred) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for (j, f) in pred.files.iter().enumerate() {
-        let i = *row_of
-            .get(f.as_str())
-            .ok_or_else(|| anyhow!("{}: {f:?} has no row in {}", a.predictions.display(), a.labels.display()))?;
+        let i = *row_of.get(f.as_str()).ok_or_else(|| {
+            anyhow!(
+                "{}: {f:?} has no row in {}",
+                a.predictions.display(),
+                a.labels.display()
+            )
+        })?;
         seen.insert(i);
         y_true.extend_from_slice(&truth.labels[i * l..(i + 1) * l]);
         y_pred.extend_from_slice(&pred.labels[j * l..(j + 1) * l]);
     }
     if seen.len() < truth.files.len() {
-        log::warn!("{} of {} labelled files have no prediction and are not scored", truth.files.len() - seen.len(), truth.files.len());
+        log::warn!(
+            "{} of {} labelled files have no prediction and are not scored",
+            truth.files.len() - seen.len(),
+            truth.files.len()
+        );
     }
     let m = metrics::evaluate(&y_true, &y_pred, l)?;
     println!("images        {}", pred.files.len());
@@ -272,32 +450,71 @@ pub fn evaluate(global: &Global, a: &EvaluateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Splits `train` by `seed` into `n` labelled images and a pool of the rest.
+fn split_labelled(train: &Dataset, n: usize, seed: u64) -> anyhow::Result<(Dataset, Dataset)> {
+    if n < 2 || n >= train.len() {
+        bail!(
+            "--initial-labelled must be between 2 and {}",
+            train.len().saturating_sub(1)
+        );
+    }
+    let all: Vec<usize> = (0..train.len()).collect();
+    let order = train::split_train_val(&all, 0.0, seed ^ 0x5eed).0;
+    Ok((train.subset(&order[..n]), train.subset(&order[n..])))
+}
+
+fn parse_strategies(names: &[String]) -> anyhow::Result<Vec<Strategy>> {
+    let mut out: Vec<Strategy> = Vec::new();
+    for name in names {
+        let these: Vec<Strategy> = match name.as_str() {
+            "all" => Strategy::ALL.to_vec(),
+            _ => vec![name.parse()?],
+        };
+        for s in these {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    if !out.contains(&Strategy::Random) {
+        out.insert(0, Strategy::Random);
+    }
+    Ok(out)
+}
+
 pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
     a.recipe.check()?;
+    if a.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if a.time_budget.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
+        bail!("--time-budget must be a positive number of seconds");
+    }
     let backend = open_backend(global)?;
     let size = a.recipe.image_size;
 
-    // The data: the user's three folders, or the embedded Fashion-MNIST subset.
-    let (labelled, pool, test, source) = match (&a.labelled, &a.pool, &a.test) {
-        (Some(l), Some(p), Some(t)) => (load(l, size)?, load(p, size)?, load(t, size)?, format!("{}", l.display())),
-        _ => {
+    // The data: the user's folders, or the embedded Fashion-MNIST subset. A single --train
+    // folder (or the embedded one) is split by --seed, the same split for every repetition.
+    let (labelled, pool, test, source) = match (&a.labelled, &a.pool, &a.train, &a.test) {
+        (Some(l), Some(p), None, Some(t)) => (load(l, size)?, load(p, size)?, load(t, size)?, format!("{}", l.display())),
+        (None, None, Some(tr), Some(t)) => {
+            let (labelled, pool) = split_labelled(&load(tr, size)?, a.initial_labelled, a.recipe.seed)?;
+            (labelled, pool, load(t, size)?, format!("{} (split)", tr.display()))
+        }
+        (None, None, None, None) => {
             let splits = fashion_mnist::embedded()?;
-            let train = splits.train.resized(size)?;
-            if a.initial_labelled < 2 || a.initial_labelled >= train.len() {
-                bail!("--initial-labelled must be between 2 and {}", train.len() - 1);
-            }
-            let order = labelwise::train::split_train_val(&(0..train.len()).collect::<Vec<_>>(), 0.0, a.recipe.seed ^ 0x5eed).0;
-            let labelled = train.subset(&order[..a.initial_labelled]);
-            let pool = train.subset(&order[a.initial_labelled..]);
+            let (labelled, pool) = split_labelled(&splits.train.resized(size)?, a.initial_labelled, a.recipe.seed)?;
             (labelled, pool, splits.test.resized(size)?, "embedded Fashion-MNIST subset".to_string())
         }
+        _ => bail!("give --labelled, --pool and --test; or --train and --test; or none of them for the embedded dataset"),
     };
 
-    let mut strategies: Vec<Strategy> = a.strategies.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
-    if !strategies.contains(&Strategy::Random) {
-        strategies.insert(0, Strategy::Random);
-    }
-    let cfg = ExperimentConfig {
+    let strategies = parse_strategies(&a.strategies)?;
+    let compute = ComputeBudget {
+        seconds: a.time_budget,
+        images: a.image_budget,
+    };
+    let base = ExperimentConfig {
         model: a.recipe.settings(),
         pretrain: a.recipe.train_config(a.recipe.epochs),
         retrain: a.recipe.train_config(a.retrain_epochs),
@@ -308,24 +525,119 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         aggregate: parse_aggregate(&a.aggregate)?,
         seed: a.recipe.seed,
         infer_batch: 128,
+        committee_size: a.committee_size,
+        committee_epochs: a.committee_epochs,
+        compute,
+        evaluator: match a.evaluator {
+            EvaluatorChoice::FineTune => Evaluator::FineTune,
+            EvaluatorChoice::Fixed => Evaluator::Fixed,
+        },
     };
     let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
-    rows.insert(0, ("data", format!("{source}: {} labelled, {} pool, {} test, {} labels", labelled.len(), pool.len(), test.len(), labelled.num_labels())));
-    rows.push(("retrain epochs", a.retrain_epochs.to_string()));
-    rows.push(("budget", format!("{} labels in {} round(s)", a.budget, a.rounds)));
-    rows.push(("strategies", cfg.strategies.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")));
+    rows.insert(
+        0,
+        (
+            "data",
+            format!(
+                "{source}: {} labelled, {} pool, {} test, {} labels",
+                labelled.len(),
+                pool.len(),
+                test.len(),
+                labelled.num_labels()
+            ),
+        ),
+    );
+    rows.push((
+        "retrain epochs",
+        format!("{} (at most; the plan may lower it)", a.retrain_epochs),
+    ));
+    rows.push((
+        "budget",
+        format!("{} labels in at most {} round(s)", a.budget, a.rounds),
+    ));
+    rows.push((
+        "compute budget",
+        match (a.time_budget, a.image_budget) {
+            (None, None) => "unlimited".to_string(),
+            (t, i) => format!(
+                "{}{}{} per run",
+                t.map_or(String::new(), |t| format!("{t}s")),
+                if t.is_some() && i.is_some() {
+                    " or "
+                } else {
+                    ""
+                },
+                i.map_or(String::new(), |i| format!("{i} images"))
+            ),
+        },
+    ));
+    rows.push((
+        "strategies",
+        base.strategies
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    rows.push((
+        "committee",
+        format!(
+            "{} members, {} epoch(s) each on a bootstrap sample",
+            a.committee_size, a.committee_epochs
+        ),
+    ));
+    rows.push(("aggregate", a.aggregate.clone()));
+    rows.push(("evaluator", base.evaluator.name().to_string()));
+    rows.push((
+        "repeat",
+        format!(
+            "{} (seeds {}..={})",
+            a.repeat,
+            a.recipe.seed,
+            a.recipe.seed + a.repeat as u64 - 1
+        ),
+    ));
     rows.push(("output", a.out.display().to_string()));
     print_config(global, &backend, &rows);
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut reporter = Reporter::new(global.quiet);
-    let report = experiment::run(backend, &labelled, &pool, &test, &cfg, &mut |e| reporter.experiment(e))?;
+    let start = Instant::now();
+    let mut reports = Vec::with_capacity(a.repeat);
+    for i in 0..a.repeat {
+        let seed = a.recipe.seed + i as u64;
+        let mut cfg = base.clone();
+        cfg.seed = seed;
+        cfg.pretrain.seed = seed;
+        cfg.retrain.seed = seed;
+        let dir = match a.repeat {
+            1 => a.out.clone(),
+            _ => a.out.join(format!("seed-{seed}")),
+        };
+        if a.repeat > 1 && !global.quiet {
+            println!("=== seed {seed} ({} of {})", i + 1, a.repeat);
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut reporter = Reporter::new(global.quiet);
+        let report = experiment::run(backend.clone(), &labelled, &pool, &test, &cfg, &mut |e| {
+            reporter.experiment(e)
+        })?;
+        println!();
+        println!("{}", output::results_table(&report));
+        output::note_undefined_f1(&report.baseline, &report.label_names);
+        output::write_run(&dir, &report)?;
+        println!("wrote results.json, results.csv, learning_curve.csv/.png, pretrain_epochs.csv/.png and purchases/ to {} ({:.0}s)", dir.display(), report.seconds);
+        reports.push(report);
+    }
 
+    let summary = experiment::summarize(&reports)?;
+    output::write_summary(&a.out, &summary)?;
     println!();
-    println!("{}", output::results_table(&report));
-    output::note_undefined_f1(&report.baseline, &report.label_names);
-    output::write_run(&a.out, &report)?;
-    println!("wrote results.json, results.csv, learning_curve.csv/.png, pretrain_epochs.csv/.png and purchases/ to {} ({:.0}s in all)", a.out.display(), report.seconds);
+    println!("{}", output::summary_table(&summary));
+    println!(
+        "wrote summary.json, summary.csv and learning_curve_summary.csv/.png to {} ({:.0}s in all)",
+        a.out.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -337,7 +649,11 @@ pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
     print_config(
         global,
         &backend,
-        &[("image size", format!("{}px", a.image_size)), ("batch size", a.batch_size.to_string()), ("repetitions", a.reps.to_string())],
+        &[
+            ("image size", format!("{}px", a.image_size)),
+            ("batch size", a.batch_size.to_string()),
+            ("repetitions", a.reps.to_string()),
+        ],
     );
     let mut doc = serde_json::json!({
         "device": backend.name(), "threads": rayon::current_num_threads(),
@@ -346,10 +662,13 @@ pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
     if !a.model_only {
         let ops = labelwise::bench::ops(&backend, a.image_size, a.batch_size, a.reps)?;
         println!("{}", output::ops_table(&ops));
-        doc["ops"] = serde_json::json!(ops.iter().map(|o| serde_json::json!({
-            "op": o.op, "shape": o.shape, "median_ms": o.timing.median_ms,
-            "min_ms": o.timing.min_ms, "max_ms": o.timing.max_ms, "gflops": o.gflops(),
-        })).collect::<Vec<_>>());
+        doc["ops"] = serde_json::json!(ops
+            .iter()
+            .map(|o| serde_json::json!({
+                "op": o.op, "shape": o.shape, "median_ms": o.timing.median_ms,
+                "min_ms": o.timing.min_ms, "max_ms": o.timing.max_ms, "gflops": o.gflops(),
+            }))
+            .collect::<Vec<_>>());
     }
     let m = labelwise::bench::model(&backend, a.image_size, a.batch_size, a.reps)?;
     println!(

@@ -164,6 +164,31 @@ pub enum ScheduleChoice {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvaluatorChoice {
+    FineTune,
+    Fixed,
+}
+
+/// The strategies with their formulas, for `--help`.
+fn strategy_help(many: bool) -> String {
+    let mut out = String::from(match many {
+        true => {
+            "Strategies to compare, comma-separated, or \"all\"; random is always included \
+                 as the baseline. p is the softmax probability (multi-label: each label's sigmoid, \
+                 per-label scores combined by --aggregate):\n"
+        }
+        false => {
+            "Ranking strategy. p is the softmax probability (multi-label: each label's \
+                  sigmoid, per-label scores combined by --aggregate):\n"
+        }
+    });
+    for s in labelwise::active::Strategy::ALL {
+        out += &format!("  {:<26} {}\n", s.name(), s.describe());
+    }
+    out
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossChoice {
     Auto,
     Softmax,
@@ -209,9 +234,22 @@ pub struct PurchaseArgs {
     /// Unlabelled folder (images/) to buy from.
     #[arg(long)]
     pub pool: PathBuf,
-    /// Ranking strategy (see `labelwise run --help` for the list and formulas).
-    #[arg(long, default_value = "entropy")]
+    /// Ranking strategy; coreset, committee-* and balanced-* need --labelled (see the list).
+    #[arg(long, default_value = "entropy", long_help = strategy_help(false))]
     pub strategy: String,
+    /// Labelled folder (images/ + labels.csv): coreset's centres, the committee's training data
+    /// and, without --val, the balanced strategies' per-label F1.
+    #[arg(long)]
+    pub labelled: Option<PathBuf>,
+    /// Held-out labelled folder for the balanced strategies' per-label F1 (default: --labelled).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Committee members, each the model fine-tuned on a bootstrap sample of --labelled.
+    #[arg(long, default_value_t = 3)]
+    pub committee_size: usize,
+    /// Epochs each committee member is fine-tuned.
+    #[arg(long, default_value_t = 1)]
+    pub committee_epochs: usize,
     /// How multi-label per-label scores combine: mean, max or sum.
     #[arg(long, default_value = "mean")]
     pub aggregate: String,
@@ -247,17 +285,22 @@ pub struct EvaluateArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Labelled folder. Without --labelled/--pool/--test the embedded Fashion-MNIST subset is
-    /// used: its training part split into labelled and pool, its test part as the test set.
-    #[arg(long, requires_all = ["pool", "test"])]
+    /// Labelled folder. Without --labelled/--pool/--test (or --train/--test) the embedded
+    /// Fashion-MNIST subset is used: its training part split into labelled and pool, its test
+    /// part as the test set.
+    #[arg(long, requires_all = ["pool", "test"], conflicts_with = "train")]
     pub labelled: Option<PathBuf>,
     /// Unlabelled pool folder; its labels.csv is the oracle, read only for bought images.
-    #[arg(long, requires_all = ["labelled", "test"])]
+    #[arg(long, requires_all = ["labelled", "test"], conflicts_with = "train")]
     pub pool: Option<PathBuf>,
+    /// One labelled folder split by the seed into --initial-labelled labelled images and a pool
+    /// of the rest (whose labels then act as the oracle), instead of --labelled and --pool.
+    #[arg(long, requires = "test")]
+    pub train: Option<PathBuf>,
     /// Held-out test folder.
-    #[arg(long, requires_all = ["labelled", "pool"])]
+    #[arg(long)]
     pub test: Option<PathBuf>,
-    /// With the embedded dataset: how many of its 4,000 training images start labelled.
+    /// With --train or the embedded dataset (4,000 training images): how many start labelled.
     #[arg(long, default_value_t = 500)]
     pub initial_labelled: usize,
     /// Labels each strategy buys in total.
@@ -266,9 +309,40 @@ pub struct RunArgs {
     /// Purchase rounds (buy, retrain, rescore).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// Strategies to compare, comma-separated; random is always included as the baseline.
-    #[arg(long, value_delimiter = ',', default_value = "random,least-confidence,margin,entropy")]
+    /// Strategies to compare, comma-separated, or "all"; random is always included as the
+    /// baseline.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "random,least-confidence,margin,entropy",
+        long_help = strategy_help(true)
+    )]
     pub strategies: Vec<String>,
+    /// Committee members, each a copy of the current model fine-tuned on a bootstrap sample
+    /// of the current labelled set with its own seed.
+    #[arg(long, default_value_t = 3)]
+    pub committee_size: usize,
+    /// Epochs each committee member is fine-tuned (1 keeps a committee round cheap).
+    #[arg(long, default_value_t = 1)]
+    pub committee_epochs: usize,
+    /// Compute budget in wall-clock seconds per run (per seed): rounds and retraining epochs
+    /// are planned to fit it from the measured pre-training throughput, and each strategy stops
+    /// when its share is spent, keeping what it bought.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_budget: Option<f64>,
+    /// Compute budget in images processed by training and inference per run (per seed), one
+    /// per image per epoch or scoring pass; planned and enforced as --time-budget.
+    #[arg(long, value_name = "N")]
+    pub image_budget: Option<u64>,
+    /// The final model scored for each strategy: fine-tune (the pre-trained model fine-tuned on
+    /// labelled + bought, as each round does) or fixed (a fresh model from the same seed
+    /// trained on labelled + bought by the pre-training recipe).
+    #[arg(long, value_enum, default_value_t = EvaluatorChoice::FineTune)]
+    pub evaluator: EvaluatorChoice,
+    /// Run the whole experiment this many times with seeds seed, seed+1, ... and report the
+    /// mean and standard deviation per strategy.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// How multi-label per-label scores combine: mean, max or sum.
     #[arg(long, default_value = "mean")]
     pub aggregate: String,
@@ -294,7 +368,9 @@ pub fn init_logging(global: &Global) {
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if cli.global.threads > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(cli.global.threads).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cli.global.threads)
+            .build_global()?;
     }
     let global = cli.global;
     match cli.command {

@@ -19,10 +19,13 @@ impl Reporter {
     fn bar(&mut self, epoch: usize, batches: usize) -> &ProgressBar {
         let quiet = self.quiet;
         self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::with_draw_target(Some(batches as u64), match quiet {
-                true => ProgressDrawTarget::hidden(),
-                false => ProgressDrawTarget::stderr(),
-            });
+            let bar = ProgressBar::with_draw_target(
+                Some(batches as u64),
+                match quiet {
+                    true => ProgressDrawTarget::hidden(),
+                    false => ProgressDrawTarget::stderr(),
+                },
+            );
             let style = ProgressStyle::with_template(
                 "  epoch {prefix:>3} [{bar:30}] {pos}/{len} batches {per_sec} eta {eta}",
             )
@@ -36,7 +39,11 @@ impl Reporter {
 
     pub fn training(&mut self, p: Progress) {
         match p {
-            Progress::Batch { epoch, batch, batches } => {
+            Progress::Batch {
+                epoch,
+                batch,
+                batches,
+            } => {
                 let bar = self.bar(epoch, batches);
                 bar.set_position(batch as u64);
             }
@@ -59,10 +66,19 @@ impl Reporter {
                 }
             }
             Event::Train(p) => self.training(p),
+            Event::Plan(plan) => {
+                // The plan is printed even when quiet: it says what the budget allows.
+                for line in plan.lines() {
+                    println!("{line}");
+                }
+            }
             Event::Round(strategy, record) => {
                 if !self.quiet {
                     println!("{}", round_line(strategy, record));
                 }
+            }
+            Event::Stopped(strategy, reason) => {
+                println!("{strategy}: stopped early ({reason}); its purchases are kept");
             }
         }
     }
@@ -91,16 +107,21 @@ pub fn epoch_line(r: &EpochReport) -> String {
     )
 }
 
-/// `round 1 entropy: bought 500 (total 500) test f1 .. | 40.2s`
+/// `round 1 entropy: bought 500 (total 500) | test f1 .. | 1234 images | 40.2s`
 pub fn round_line(strategy: &str, r: &RoundRecord) -> String {
+    let test = match &r.test {
+        Some(m) => format!(
+            "test f1 {:.4} exact {:.4} hamming {:.4}",
+            m.macro_f1, m.exact_match, m.hamming_loss
+        ),
+        None => "retraining cut short by the compute budget".to_string(),
+    };
     format!(
-        "round {} {strategy}: bought {} (total {}) | test f1 {:.4} exact {:.4} hamming {:.4} | {:.1}s",
+        "round {} {strategy}: bought {} (total {}) | {test} | {} images | {:.1}s",
         r.round,
         r.items.len(),
         r.bought_total,
-        r.test.macro_f1,
-        r.test.exact_match,
-        r.test.hamming_loss,
+        r.images,
         r.seconds
     )
 }
