@@ -82,6 +82,21 @@ pub struct ModelSettings {
     pub std: [f32; 3],
 }
 
+impl Default for ModelSettings {
+    /// 32px images, CosFace margin 0.2 and scale 16, loss chosen from the data, ImageNet
+    /// normalisation.
+    fn default() -> Self {
+        ModelSettings {
+            image_size: 32,
+            margin: 0.2,
+            scale: 16.0,
+            multilabel: None,
+            mean: crate::model::IMAGENET_MEAN,
+            std: crate::model::IMAGENET_STD,
+        }
+    }
+}
+
 impl ModelSettings {
     /// The model configuration for `data`'s labels.
     pub fn config_for(&self, data: &Dataset) -> ModelConfig {
