@@ -104,6 +104,8 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
 
     // Memory.
+    /// Copies host data into a new tensor on this backend (hence `&self`).
+    #[allow(clippy::wrong_self_convention)]
     fn from_host(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> Result<Tensor>;
