@@ -310,6 +310,8 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
     };
     let committee = match (&labelled, strategy.needs_committee()) {
         (Some(l), true) => {
+            // The model file holds no training recipe; members use `labelwise train`'s
+            // defaults (batch 32, Adam lr 1e-3).
             let recipe = experiment::CommitteeRecipe {
                 size: a.committee_size,
                 train: TrainConfig {

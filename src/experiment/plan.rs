@@ -165,6 +165,12 @@ pub struct Plan {
     pub fits: bool,
 }
 
+/// Fraction of the time left that a plan may fill. Image counts are exact, but seconds are
+/// estimated from one measurement on a machine whose load changes; on a shared 2-core machine
+/// rounds ran up to 1.5x their estimate, and a plan with no headroom then stops its last
+/// strategies' last rounds part way.
+pub const TIME_HEADROOM: f64 = 0.7;
+
 /// Splits `budget` labels as evenly as possible over `rounds` rounds (earlier rounds smaller).
 pub fn round_sizes(budget: usize, rounds: usize) -> Vec<usize> {
     (1..=rounds)
@@ -173,7 +179,7 @@ pub fn round_sizes(budget: usize, rounds: usize) -> Vec<usize> {
 }
 
 /// Plans rounds and retraining epochs so every strategy's estimated cost fits what remains of
-/// the budget: with the configured `rounds` and `retrain_epochs` when they fit, otherwise with
+/// the budget (of the time left, [`TIME_HEADROOM`] of it): with the configured `rounds` and `retrain_epochs` when they fit, otherwise with
 /// fewer epochs first (down to 1), then fewer rounds (down to 1). Fewer epochs go first
 /// because a round buys on fresher scores, which is what the strategies are compared on.
 /// What remains is shared among strategies in proportion to their estimated costs, so an
@@ -211,7 +217,8 @@ pub fn plan(
     let fits = |plans: &[StrategyPlan]| {
         let images: u64 = plans.iter().map(|p| p.images).sum();
         let seconds: f64 = plans.iter().map(|p| p.seconds).sum();
-        left_images.is_none_or(|n| images <= n) && left_seconds.is_none_or(|s| seconds <= s)
+        left_images.is_none_or(|n| images <= n)
+            && left_seconds.is_none_or(|s| seconds <= s * TIME_HEADROOM)
     };
 
     let (mut r, mut e) = (rounds.max(1), retrain_epochs.max(1));

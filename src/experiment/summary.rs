@@ -49,7 +49,8 @@ pub struct StrategySummary {
     pub gain_exact_match: Option<Spread>,
     /// Seeds on which the strategy's macro F1 beat random's.
     pub wins: usize,
-    /// The pre-trained point, then one point per round that finished on every seed.
+    /// The pre-trained point, then one point per purchase total at which a round finished on
+    /// every seed.
     pub curve: Vec<CurvePoint>,
 }
 
@@ -103,29 +104,32 @@ pub fn summarize(reports: &[ExperimentReport]) -> Result<Summary> {
         let gain_f1: Vec<f64> = gains.iter().map(|g| g.macro_f1).collect();
         let gain_exact: Vec<f64> = gains.iter().map(|g| g.exact_match).collect();
 
-        // Round r's point averages the seeds where round r finished retraining.
-        let rounds = outcomes.iter().map(|o| o.rounds.len()).max().unwrap_or(0);
+        // A point for every purchase total that every seed reached with a finished round (the
+        // same rounds when the plan is the same; a time budget can plan differently per seed).
+        let per_seed: Vec<Vec<(usize, f64)>> = outcomes
+            .iter()
+            .map(|o| {
+                o.rounds
+                    .iter()
+                    .filter_map(|rd| Some((rd.bought_total, rd.test.as_ref()?.macro_f1)))
+                    .collect()
+            })
+            .collect();
         let mut curve = vec![CurvePoint {
             bought: 0.0,
             macro_f1: spread(&baselines)?,
         }];
-        for r in 0..rounds {
-            let done: Vec<(f64, f64)> = outcomes
+        for &(bought, _) in per_seed.first().map_or(&[][..], Vec::as_slice) {
+            let ys: Vec<f64> = per_seed
                 .iter()
-                .filter_map(|o| {
-                    let rd = o.rounds.get(r)?;
-                    Some((rd.bought_total as f64, rd.test.as_ref()?.macro_f1))
-                })
+                .filter_map(|seed| seed.iter().find(|p| p.0 == bought).map(|p| p.1))
                 .collect();
-            if done.len() < outcomes.len() {
-                continue;
+            if ys.len() == outcomes.len() {
+                curve.push(CurvePoint {
+                    bought: bought as f64,
+                    macro_f1: spread(&ys)?,
+                });
             }
-            let xs: Vec<f64> = done.iter().map(|d| d.0).collect();
-            let ys: Vec<f64> = done.iter().map(|d| d.1).collect();
-            curve.push(CurvePoint {
-                bought: spread(&xs)?.mean,
-                macro_f1: spread(&ys)?,
-            });
         }
 
         out.push(StrategySummary {
