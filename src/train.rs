@@ -239,7 +239,8 @@ pub fn fit_until(
                 });
             }
             let grads = g.backward(&loss)?;
-            adam.config.lr = cfg.adam.lr * cfg.lr_schedule.factor(step - 1, cfg.epochs * batches.len());
+            adam.config.lr =
+                cfg.adam.lr * cfg.lr_schedule.factor(step - 1, cfg.epochs * batches.len());
             adam.update(model, grads, fwd.slots)?;
 
             // Training metrics from the margin-free logits of the same forward pass.

@@ -18,9 +18,9 @@ use labelwise::train::{self, LrSchedule, TrainConfig};
 
 use super::output;
 use super::progress::Reporter;
+use super::ScheduleChoice;
 use super::{BenchArgs, EvaluatorChoice, RunArgs, TrainArgs};
 use super::{EmbedArgs, EvaluateArgs, FashionMnistArgs, Global, LossChoice, PurchaseArgs, Recipe};
-use super::ScheduleChoice;
 
 fn open_backend(global: &Global) -> anyhow::Result<BackendHandle> {
     Ok(backend::open(global.device)?)
@@ -119,7 +119,16 @@ fn recipe_rows(r: &Recipe, epochs: usize) -> Vec<(&'static str, String)> {
         ("image size", format!("{}px", r.image_size)),
         ("epochs", epochs.to_string()),
         ("batch size", r.batch_size.to_string()),
-        ("optimiser", format!("{} lr {} ({:?}) wd {}", if r.adamw { "AdamW" } else { "Adam" }, r.lr, r.lr_schedule, r.weight_decay)),
+        (
+            "optimiser",
+            format!(
+                "{} lr {} ({:?}) wd {}",
+                if r.adamw { "AdamW" } else { "Adam" },
+                r.lr,
+                r.lr_schedule,
+                r.weight_decay
+            ),
+        ),
         ("cosface", format!("m {} s {}", r.margin, r.scale)),
         ("seed", r.seed.to_string()),
     ]
@@ -681,7 +690,10 @@ pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
     doc["inference_images_per_s"] = serde_json::json!(m.inference_images_per_s());
     doc["train_step_ms"] = serde_json::json!(m.train_step.median_ms);
     if let Some(peak) = backend.peak_device_bytes() {
-        println!("peak device memory: {:.1} MiB", peak as f64 / (1u64 << 20) as f64);
+        println!(
+            "peak device memory: {:.1} MiB",
+            peak as f64 / (1u64 << 20) as f64
+        );
         doc["peak_device_bytes"] = serde_json::json!(peak);
     }
     if let Some(path) = &a.json {
