@@ -367,6 +367,17 @@ pub fn init_logging(global: &Global) {
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // More threads than a few per core only adds scheduling cost; a typo such as 100000 would
+    // spawn that many OS threads.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = 4 * cores.max(16);
+    if cli.global.threads > limit {
+        anyhow::bail!(
+            "--threads {} is over this machine's limit of {limit} ({cores} cores); \
+             use 0 for one thread per core",
+            cli.global.threads
+        );
+    }
     if cli.global.threads > 0 {
         rayon::ThreadPoolBuilder::new()
             .num_threads(cli.global.threads)
