@@ -81,6 +81,11 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.val_fraction) {
             bail!("--val-fraction must be in [0, 1)");
         }
+        // ResNet18 activations grow with the square of the side; past this a batch no longer
+        // fits in memory on the machines this runs on.
+        if self.image_size > 1024 {
+            bail!("--image-size must be at most 1024");
+        }
         if self.image_size < 8 {
             bail!("--image-size must be at least 8");
         }

@@ -256,7 +256,8 @@ pub struct PurchaseArgs {
     /// Most labels to buy.
     #[arg(long)]
     pub budget: usize,
-    /// A CSV whose first column lists files already labelled or bought; they are never chosen.
+    /// Files already labelled or bought, never chosen: a list of names one per line, a CSV whose
+    /// first column is headed `file` (a labels.csv), or a purchase list (`rank,file,score`).
     #[arg(long)]
     pub exclude: Option<PathBuf>,
     /// Output CSV: rank, file, score.

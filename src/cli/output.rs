@@ -72,28 +72,25 @@ pub fn write_purchase(path: &Path, chosen: &[(String, f32)]) -> anyhow::Result<(
 /// The first column of a CSV with a header (file names to exclude).
 pub fn read_first_column(path: &Path) -> anyhow::Result<Vec<String>> {
     let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
         .from_path(path)
         .with_context(|| format!("reading {}", path.display()))?;
-    let headers = r
-        .headers()
-        .with_context(|| format!("reading {}", path.display()))?
-        .clone();
-    // A purchase list names files in its second column; anything else in its first.
-    let column = if headers.get(0) == Some("rank") && headers.get(1) == Some("file") {
-        1
-    } else {
-        0
-    };
-    let mut out = Vec::new();
+    let mut records = Vec::new();
     for (i, rec) in r.records().enumerate() {
-        let rec = rec.with_context(|| format!("{}: line {}", path.display(), i + 2))?;
-        if let Some(f) = rec.get(column) {
-            out.push(f.to_string());
-        }
+        records.push(rec.with_context(|| format!("{}: line {}", path.display(), i + 1))?);
     }
-    Ok(out)
+    // A header is recognised by its names, never assumed: a purchase list (`rank,file,...`)
+    // names files in its second column; a labels.csv or list with a `file` header in its
+    // first; a bare list of names has no header at all.
+    let first = records.first();
+    let (column, skip) = match first.map(|h| (h.get(0), h.get(1))) {
+        Some((Some("rank"), Some("file"))) => (1, 1),
+        Some((Some("file"), _)) => (0, 1),
+        _ => (0, 0),
+    };
+    Ok(records.iter().skip(skip).filter_map(|rec| rec.get(column).map(str::to_string)).collect())
 }
 
 /// Says which labels had no true and no predicted positive (their F1 counts as 0).
