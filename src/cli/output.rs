@@ -90,7 +90,11 @@ pub fn read_first_column(path: &Path) -> anyhow::Result<Vec<String>> {
         Some((Some("file"), _)) => (0, 1),
         _ => (0, 0),
     };
-    Ok(records.iter().skip(skip).filter_map(|rec| rec.get(column).map(str::to_string)).collect())
+    Ok(records
+        .iter()
+        .skip(skip)
+        .filter_map(|rec| rec.get(column).map(str::to_string))
+        .collect())
 }
 
 /// Says which labels had no true and no predicted positive (their F1 counts as 0).
