@@ -36,17 +36,22 @@ pub struct Oracle {
 impl Oracle {
     /// Splits a labelled pool into its images without labels and the oracle that holds them.
     pub fn new(pool: &Dataset) -> Result<(Dataset, Oracle)> {
+        let oracle = Oracle::for_pool(pool)?;
+        let mut images = pool.subset(&(0..pool.len()).collect::<Vec<_>>());
+        images.labels = None;
+        Ok((images, oracle))
+    }
+
+    /// A fresh oracle over `pool`'s labels, with nothing revealed (no copy of the images).
+    pub fn for_pool(pool: &Dataset) -> Result<Oracle> {
         let labels = pool.labels.clone().ok_or_else(|| {
             Error::InvalidArgument("the pool needs a labels.csv to act as the label oracle".into())
         })?;
-        let mut images = pool.subset(&(0..pool.len()).collect::<Vec<_>>());
-        images.labels = None;
-        let oracle = Oracle {
+        Ok(Oracle {
             labels,
             num_labels: pool.num_labels(),
             revealed: vec![false; pool.len()],
-        };
-        Ok((images, oracle))
+        })
     }
 
     /// The labels of `items` (row-major), which count as bought from now on.
@@ -464,7 +469,7 @@ fn run_strategy(
     let name = strategy.to_string();
     let cfg = sh.cfg;
     let mut meter = Meter::new(plan.share);
-    let (_, mut oracle) = Oracle::new(sh.pool)?;
+    let mut oracle = Oracle::for_pool(sh.pool)?;
     let mut pool_state = Pool::new(sh.pool.files.clone())?;
     let all_pool: Vec<usize> = (0..sh.pool.len()).collect();
     let all_labelled: Vec<usize> = (0..sh.labelled.len()).collect();
