@@ -16,9 +16,14 @@ pub enum Error {
     },
     #[error("{op}: tensor is shared and cannot be updated in place")]
     SharedTensor { op: &'static str },
-    #[error("non-finite value in {tensor} at step {step}: {detail}")]
+    /// A NaN or infinity met in training. `kind` is "loss" or "gradient"; `tensor` names the
+    /// loss function or the parameter whose gradient it is; `step` counts optimiser steps of
+    /// the training run from 1.
+    #[error("non-finite {kind} in {tensor} at epoch {epoch} step {step}: {detail}")]
     NonFinite {
+        kind: &'static str,
         tensor: String,
+        epoch: usize,
         step: usize,
         detail: String,
     },
@@ -53,12 +58,52 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    // Checkpoints.
+    /// A checkpoint file that cannot be used: torn, truncated, corrupt, or of another format.
+    #[error("{path}: not a usable checkpoint: {detail}")]
+    Checkpoint { path: PathBuf, detail: String },
+    #[error("no checkpoint to resume from: {path} does not exist")]
+    NoCheckpoint { path: PathBuf },
+    #[error(
+        "{path} holds the checkpoint of an unfinished run; resume it (--resume) or delete it \
+         to start over"
+    )]
+    CheckpointExists { path: PathBuf },
+    /// The options or data of a resumed run differ from those the checkpoint was made with.
+    #[error(
+        "{path}: cannot resume with other options or data than the checkpoint's: {}",
+        OptionDifference::list(differences)
+    )]
+    ResumeMismatch {
+        path: PathBuf,
+        differences: Vec<OptionDifference>,
+    },
+
     // Active learning.
     #[error("strategy {strategy} needs {what}, which was not given")]
     StrategyInput {
         strategy: &'static str,
         what: String,
     },
+}
+
+/// One option that differs between a checkpoint and the run that tries to resume it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionDifference {
+    /// What differs, in the CLI's words ("seed", "image size", "labelled data").
+    pub option: String,
+    pub checkpoint: String,
+    pub now: String,
+}
+
+impl OptionDifference {
+    fn list(differences: &[OptionDifference]) -> String {
+        differences
+            .iter()
+            .map(|d| format!("{} was {}, now {}", d.option, d.checkpoint, d.now))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// The library's result type.

@@ -63,6 +63,67 @@ where
     outcome
 }
 
+/// Flushes a folder's entries to disk (`fsync` on the folder), so a rename made in it survives
+/// a power cut. A no-op where folders cannot be opened as files (not Unix).
+pub fn sync_folder(folder: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let folder = folder_of_entries(folder);
+        let dir = File::open(folder).map_err(|e| context(folder, e, "cannot open the folder"))?;
+        dir.sync_all()
+            .map_err(|e| context(folder, e, "cannot sync the folder to disk"))?;
+    }
+    #[cfg(not(unix))]
+    let _ = folder;
+    Ok(())
+}
+
+/// Temporary files that [`write_atomic`] left beside `path` when its process was killed
+/// mid-write. They are never read as `path`; a caller that owns `path` may delete them.
+pub fn temp_leftovers(path: &Path) -> Vec<PathBuf> {
+    let (Some(name), folder) = (path.file_name(), folder_of(path)) else {
+        return Vec::new();
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Fails now, with the error a later [`write_atomic`] of `path` would give, when `path`'s
+/// folder is missing, not a folder, or not writable: long jobs call this before their first
+/// hour of work rather than after it.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let (temp_path, file) = create_temp_beside(path)?;
+    drop(file);
+    fs::remove_file(&temp_path).map_err(|e| context(path, e, "cannot remove a probe file"))
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// `folder` itself, or `.` when it is empty.
+#[cfg(unix)]
+fn folder_of_entries(folder: &Path) -> &Path {
+    match folder.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => folder,
+    }
+}
+
 /// Creates a fresh temporary file next to `path` (same folder, so the rename stays atomic).
 fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
     let name = path.file_name().ok_or_else(|| {
@@ -71,10 +132,7 @@ fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
             io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
         )
     })?;
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let folder = folder_of(path);
     loop {
         let serial = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut temp_name = std::ffi::OsString::from(".");
@@ -197,6 +255,34 @@ mod tests {
             assert_eq!(fs::read(&path).unwrap(), b"old");
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn leftovers_are_found_and_probes_leave_none() {
+        let dir = scratch("leftovers");
+        let path = dir.join("a.bin");
+        fs::write(dir.join(".a.bin.tmp-1-0"), b"torn").unwrap();
+        fs::write(dir.join(".b.bin.tmp-1-0"), b"other file's").unwrap();
+        let found = temp_leftovers(&path);
+        assert_eq!(found, vec![dir.join(".a.bin.tmp-1-0")]);
+        check_writable(&path).unwrap();
+        assert_eq!(leftovers(&dir).len(), 2, "the probe left nothing behind");
+        sync_folder(&dir).unwrap();
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn parent_that_is_a_file_fails_early_and_cleanly() {
+        let dir = scratch("parent-file");
+        let blocker = dir.join("not-a-folder");
+        fs::write(&blocker, b"x").unwrap();
+        let path = blocker.join("a.txt");
+        let err = check_writable(&path).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("a.txt"), "{err}");
+        assert!(write_atomic(&path, b"x").is_err());
+        assert_eq!(fs::read(&blocker).unwrap(), b"x");
         fs::remove_dir_all(&dir).ok();
     }
 

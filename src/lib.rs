@@ -6,6 +6,7 @@ pub mod active;
 pub mod autograd;
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod experiment;
@@ -16,6 +17,7 @@ pub mod optim;
 pub mod plot;
 pub mod ptx;
 pub mod tensor;
+pub mod tensor_file;
 pub mod train;
 
 pub use backend::{Backend, BackendHandle, DeviceChoice};

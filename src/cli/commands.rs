@@ -10,6 +10,7 @@ use labelwise::active::metrics;
 use labelwise::active::select::Pool;
 use labelwise::active::Strategy;
 use labelwise::backend::{self, Aggregate, BackendHandle};
+use labelwise::checkpoint::{self, Cadence, Checkpointing};
 use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
 use labelwise::experiment::{self, ComputeBudget, Evaluator, ExperimentConfig, ModelSettings};
 use labelwise::model::{Model, IMAGENET_MEAN, IMAGENET_STD};
@@ -192,20 +193,30 @@ pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
         }
         .into(),
     ));
+    let ck = Checkpointing {
+        path: beside(&a.out, "checkpoint.safetensors"),
+        cadence: a.checkpoint.checkpoint_every,
+        resume: a.checkpoint.resume,
+    };
+    rows.push(("checkpoints", checkpoint_text(&ck)));
     print_config(global, &backend, &rows);
 
-    let all: Vec<usize> = (0..data.len()).collect();
-    let (train_idx, val_idx) = train::split_train_val(&all, a.recipe.val_fraction, a.recipe.seed);
-    let mut model = Model::new(backend, config, a.recipe.seed)?;
+    // Fail now, not after the last epoch, when the model cannot be written where asked.
+    labelwise::io::check_writable(&a.out)?;
     let mut reporter = Reporter::new(global.quiet);
-    let epochs = train::fit(
-        &mut model,
+    let trained = checkpoint::train(
+        backend,
         &data,
-        &train_idx,
-        &val_idx,
+        config,
         &a.recipe.train_config(a.recipe.epochs),
+        a.recipe.val_fraction,
+        &ck,
         &mut |p| reporter.training(p),
     )?;
+    if let (Some((epochs, steps)), false) = (trained.resumed, global.quiet) {
+        println!("resumed from the checkpoint after {epochs} epoch(s) and {steps} step(s)");
+    }
+    let (mut model, epochs) = (trained.model, trained.epochs);
     model
         .save(&a.out)
         .with_context(|| format!("saving {}", a.out.display()))?;
@@ -217,10 +228,33 @@ pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
         output::write_epochs(&stem.with_extension("epochs.csv"), &epochs)?;
         output::plot_epochs(&stem.with_extension("epochs.png"), "training", &epochs)?;
     }
+    // Everything is on disk: the checkpoint has served.
+    ck.finish()?;
     if !global.quiet {
         println!("saved {}", a.out.display());
     }
     Ok(())
+}
+
+/// `out` with `suffix` in place of its `.safetensors` extension (or after its name).
+fn beside(out: &Path, suffix: &str) -> std::path::PathBuf {
+    let name = out
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// The configuration table's line about checkpoints.
+fn checkpoint_text(ck: &Checkpointing) -> String {
+    match ck.cadence {
+        Cadence::Off => "off".into(),
+        cadence => format!(
+            "{cadence} to {}{}",
+            ck.path.display(),
+            if ck.resume { " (resuming)" } else { "" }
+        ),
+    }
 }
 
 pub fn embed(global: &Global, a: &EmbedArgs) -> anyhow::Result<()> {
@@ -614,39 +648,83 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         ),
     ));
     rows.push(("output", a.out.display().to_string()));
+
+    // One output folder and one checkpoint per seed. A fresh run never overwrites an
+    // unfinished one; a resume continues every seed that has a checkpoint and starts the others.
+    let seeds: Vec<(u64, std::path::PathBuf)> = (0..a.repeat)
+        .map(|i| {
+            let seed = a.recipe.seed + i as u64;
+            let dir = match a.repeat {
+                1 => a.out.clone(),
+                _ => a.out.join(format!("seed-{seed}")),
+            };
+            (seed, dir)
+        })
+        .collect();
+    let checkpoints: Vec<Checkpointing> = seeds
+        .iter()
+        .map(|(_, dir)| Checkpointing {
+            path: dir.join("checkpoint.safetensors"),
+            cadence: a.checkpoint.checkpoint_every,
+            resume: a.checkpoint.resume,
+        })
+        .collect();
+    let found: Vec<&Checkpointing> = checkpoints.iter().filter(|c| c.path.is_file()).collect();
+    match (a.checkpoint.resume, found.first()) {
+        (false, Some(c)) => Err(labelwise::Error::CheckpointExists {
+            path: c.path.clone(),
+        })?,
+        (true, None) => Err(labelwise::Error::NoCheckpoint {
+            path: checkpoints[0].path.clone(),
+        })?,
+        _ => {}
+    }
+    rows.push(("checkpoints", checkpoint_text(&checkpoints[0])));
     print_config(global, &backend, &rows);
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let start = Instant::now();
     let mut reports = Vec::with_capacity(a.repeat);
-    for i in 0..a.repeat {
-        let seed = a.recipe.seed + i as u64;
+    for (i, ((seed, dir), ck)) in seeds.iter().zip(&checkpoints).enumerate() {
+        let seed = *seed;
         let mut cfg = base.clone();
         cfg.seed = seed;
         cfg.pretrain.seed = seed;
         cfg.retrain.seed = seed;
-        let dir = match a.repeat {
-            1 => a.out.clone(),
-            _ => a.out.join(format!("seed-{seed}")),
-        };
         if a.repeat > 1 && !global.quiet {
             println!("=== seed {seed} ({} of {})", i + 1, a.repeat);
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Fail now, not after the experiment, when the results cannot be written there.
+        labelwise::io::check_writable(&dir.join("results.json"))?;
+        let ck = Checkpointing {
+            resume: ck.resume && ck.path.is_file(),
+            ..ck.clone()
+        };
         let mut reporter = Reporter::new(global.quiet);
-        let report = experiment::run(backend.clone(), &labelled, &pool, &test, &cfg, &mut |e| {
-            reporter.experiment(e)
-        })?;
+        let report = experiment::run_resumable(
+            backend.clone(),
+            &labelled,
+            &pool,
+            &test,
+            &cfg,
+            &ck,
+            &mut |e| reporter.experiment(e),
+        )?;
         println!();
         println!("{}", output::results_table(&report));
         output::note_undefined_f1(&report.baseline, &report.label_names);
-        output::write_run(&dir, &report)?;
+        output::write_run(dir, &report)?;
         println!("wrote results.json, results.csv, learning_curve.csv/.png, pretrain_epochs.csv/.png and purchases/ to {} ({:.0}s)", dir.display(), report.seconds);
         reports.push(report);
     }
 
     let summary = experiment::summarize(&reports)?;
     output::write_summary(&a.out, &summary)?;
+    // Everything is on disk: the checkpoints have served.
+    for ck in &checkpoints {
+        ck.finish()?;
+    }
     println!();
     println!("{}", output::summary_table(&summary));
     println!(

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use labelwise::backend::DeviceChoice;
+use labelwise::checkpoint::Cadence;
 
 /// Decides which labels to buy: trains ResNet18 + CosFace on labelled images, scores an
 /// unlabelled pool by uncertainty, buys within a budget, retrains, and reports the gain over
@@ -38,6 +39,25 @@ pub struct Global {
     /// Print only warnings, errors and the final results.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+}
+
+fn parse_cadence(s: &str) -> Result<Cadence, String> {
+    s.parse().map_err(|e: labelwise::Error| e.to_string())
+}
+
+/// Checkpoint options of `train` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Continue from the last checkpoint beside --out, written by an interrupted run with the
+    /// same data and options (any difference is an error naming it). Without a checkpoint this
+    /// is an error; a run without --resume refuses to overwrite one.
+    #[arg(long)]
+    pub resume: bool,
+    /// When to save a checkpoint (model, optimiser, progress; written atomically): off; epoch
+    /// (every epoch and purchase round); a number of optimiser steps (and every epoch and
+    /// round); or a time since the last one, as 90s or 5m.
+    #[arg(long, default_value = "60s", value_parser = parse_cadence, value_name = "WHEN")]
+    pub checkpoint_every: Cadence,
 }
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {
@@ -208,6 +228,8 @@ pub struct TrainArgs {
     pub curves: bool,
     #[command(flatten)]
     pub recipe: Recipe,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
 }
 
 #[derive(Args, Debug)]
@@ -355,6 +377,8 @@ pub struct RunArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub recipe: Recipe,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
 }
 
 /// Sets up the `log` facade for the library's messages.

@@ -77,6 +77,11 @@ impl Reporter {
                     println!("{}", round_line(strategy, record));
                 }
             }
+            Event::Resumed(from) => {
+                if !self.quiet {
+                    println!("== {from}");
+                }
+            }
             Event::Stopped(strategy, reason) => {
                 println!("{strategy}: stopped early ({reason}); its purchases are kept");
             }

@@ -3,19 +3,27 @@
 //! evaluate on the test set.
 
 mod plan;
+mod resume;
 mod scoring;
 mod summary;
 
 use std::time::Instant;
 
+use serde_json::Value;
+
 use crate::active::metrics::Metrics;
 use crate::active::select::Pool;
 use crate::active::Strategy;
 use crate::backend::{Aggregate, BackendHandle};
+use crate::checkpoint::{Boundary, CheckpointFile, Checkpointing, Saver};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelConfig, Snapshot};
-use crate::train::{self, EpochReport, Inference, Progress, TrainConfig};
+use crate::optim::Adam;
+use crate::train::{
+    self, EpochReport, FitHooks, FitPoint, FitResume, FitState, Inference, Progress, TrainConfig,
+};
+use resume::{At, Head, Stage};
 
 pub use plan::{
     plan, round_sizes, strategy_cost, ComputeBudget, Meter, Plan, Sizes, StopReason, StrategyPlan,
@@ -176,6 +184,8 @@ pub enum Event<'a> {
     Round(&'a str, &'a RoundRecord),
     /// A strategy stopped early because its share of the compute budget was spent.
     Stopped(&'a str, StopReason),
+    /// The run continues from a checkpoint; says from where.
+    Resumed(&'a str),
 }
 
 /// One purchase round of one strategy.
@@ -309,6 +319,51 @@ struct Shared<'a> {
     round_sizes: &'a [usize],
 }
 
+/// A run's checkpoints: the saver, and the parts of the state that are fixed so far.
+struct RunCheckpoints {
+    saver: Saver,
+    /// The train/validation split, as saved.
+    split: Value,
+    /// Seconds the run took before this process started (a resumed run's).
+    seconds_before: f64,
+    start: Instant,
+    /// What pre-training produced (`null` until then).
+    head: Value,
+    /// The finished strategies' outcomes.
+    outcomes: Vec<Value>,
+}
+
+impl RunCheckpoints {
+    /// Seconds the run has taken, with those before a resume.
+    fn seconds(&self) -> f64 {
+        self.seconds_before + self.start.elapsed().as_secs_f64()
+    }
+
+    fn save_pretrain(&mut self, fit: &FitState, model: &mut Model, adam: &Adam) -> Result<()> {
+        let state = resume::run_state(&self.split, self.seconds(), resume::stage_pretrain(fit));
+        self.saver.save(state, Some(model), Some(adam))
+    }
+
+    fn save_purchasing(
+        &mut self,
+        current: Option<Value>,
+        model: Option<&mut Model>,
+        adam: Option<&Adam>,
+    ) -> Result<()> {
+        let stage = resume::stage_purchasing(&self.head, &self.outcomes, current);
+        let state = resume::run_state(&self.split, self.seconds(), stage);
+        self.saver.save(state, model, adam)
+    }
+}
+
+/// The boundary a training checkpoint hook is at.
+fn boundary_of(p: &FitPoint) -> Boundary {
+    match p.epoch_end {
+        true => Boundary::EpochEnd,
+        false => Boundary::Step(p.state.steps),
+    }
+}
+
 /// Runs the whole experiment. The pool's labels are read only for bought items.
 ///
 /// Pre-training is measured to plan the rounds ([`plan`]); the plan goes out as
@@ -322,6 +377,42 @@ pub fn run(
     pool: &Dataset,
     test: &Dataset,
     cfg: &ExperimentConfig,
+    events: &mut dyn FnMut(Event),
+) -> Result<ExperimentReport> {
+    run_resumable(
+        backend,
+        labelled,
+        pool,
+        test,
+        cfg,
+        &Checkpointing::off(),
+        events,
+    )
+}
+
+/// [`run`] with checkpoints per `checkpointing`, continuing from the last one when it says
+/// `resume`.
+///
+/// A checkpoint is due (by its cadence) during pre-training, between rounds, during every
+/// retraining and final training, and between strategies; the pre-trained weights are written
+/// once beside it. When the run ends, a last checkpoint holds the whole report (no tensors), so
+/// a process that dies while writing the outputs loses nothing: call
+/// [`Checkpointing::finish`] once they are written. On the CPU with the same thread count a
+/// resumed run ends with the same report (timings aside) and the same purchases as an
+/// uninterrupted one; a resumed strategy re-derives its pool from the purchases saved, so it
+/// never buys an item twice or past the budget (a checkpoint that says otherwise is refused).
+///
+/// # Errors
+/// Those of [`run`], and [`Error::NoCheckpoint`], [`Error::Checkpoint`] (a damaged file),
+/// [`Error::ResumeMismatch`] (other data or options) and [`Error::CheckpointExists`] (a fresh
+/// run over an unfinished one).
+pub fn run_resumable(
+    backend: BackendHandle,
+    labelled: &Dataset,
+    pool: &Dataset,
+    test: &Dataset,
+    cfg: &ExperimentConfig,
+    checkpointing: &Checkpointing,
     events: &mut dyn FnMut(Event),
 ) -> Result<ExperimentReport> {
     let start = Instant::now();
@@ -338,43 +429,232 @@ pub fn run(
     }
     let config = cfg.model.config_for(labelled);
     let multilabel = config.multilabel;
-    let all_test: Vec<usize> = (0..test.len()).collect();
 
-    // Pre-train on the labelled set; its validation split stays fixed for every strategy.
-    events(Event::Stage("pre-training on the labelled set"));
-    let (train_idx, val_idx) = train::split_train_val(
-        &(0..labelled.len()).collect::<Vec<_>>(),
-        cfg.val_fraction,
-        cfg.seed,
-    );
+    // A checkpoint to continue from must come from the same data and options.
+    let identity = resume::identity(labelled, pool, test, cfg, &config);
+    let (saver, mut file) = Saver::begin(checkpointing, "run", identity)?;
+    let resumed = match &file {
+        Some(f) => Some(resume::read_run_state(f.state()).map_err(|e| f.bad(e))?),
+        None => None,
+    };
+    let damaged = |detail: &str| Error::Checkpoint {
+        path: checkpointing.path.clone(),
+        detail: detail.into(),
+    };
+
+    // The validation split of the labelled set stays fixed for every strategy.
+    let (train_idx, val_idx) = match &resumed {
+        Some(r) => {
+            if r.train_idx
+                .iter()
+                .chain(&r.val_idx)
+                .any(|&i| i >= labelled.len())
+            {
+                return Err(damaged(
+                    "its train/validation split indexes past the labelled set",
+                ));
+            }
+            (r.train_idx.clone(), r.val_idx.clone())
+        }
+        None => train::split_train_val(
+            &(0..labelled.len()).collect::<Vec<_>>(),
+            cfg.val_fraction,
+            cfg.seed,
+        ),
+    };
     if val_idx.is_empty() && cfg.strategies.iter().any(|s| s.needs_label_f1()) {
         return Err(Error::StrategyInput {
             strategy: "balanced",
             what: "a validation split for per-label F1 (a validation fraction above 0)".into(),
         });
     }
+    let mut ck = RunCheckpoints {
+        saver,
+        split: resume::split(&train_idx, &val_idx),
+        seconds_before: resumed.as_ref().map_or(0.0, |r| r.seconds),
+        start,
+        head: Value::Null,
+        outcomes: Vec::new(),
+    };
     let mut model = Model::new(backend.clone(), config.clone(), cfg.seed)?;
-    let fit_start = Instant::now();
-    let pretrain = train::fit_until(
-        &mut model,
-        labelled,
-        &train_idx,
-        &val_idx,
-        &cfg.pretrain,
-        &mut |p| events(Event::Train(p)),
-        &mut |_| false,
-    )?;
-    let fit_seconds = fit_start.elapsed().as_secs_f64();
+    let (pool_images, _) = Oracle::new(pool)?;
+    let all_pool: Vec<usize> = (0..pool.len()).collect();
+
+    // Pre-training, unless the checkpoint is past it.
+    let (head, mut outcomes, current, fresh) = match resumed.map(|r| r.stage) {
+        Some(Stage::Purchasing {
+            head,
+            outcomes,
+            current,
+        }) => {
+            events(Event::Resumed(&format!(
+                "resuming after pre-training: {} of {} strategies done{}",
+                outcomes.len(),
+                head.plan.strategies.len(),
+                current.as_ref().map_or(String::new(), |c| format!(
+                    ", {} at round {}",
+                    c.strategy,
+                    c.rounds.len() + 1
+                ))
+            )));
+            events(Event::Plan(&head.plan));
+            ck.head = resume::head(&head);
+            ck.outcomes = outcomes.iter().map(resume::outcome).collect();
+            (head, outcomes, current, None)
+        }
+        stage => {
+            let mut fit_resume = None;
+            if let (Some(Stage::Pretrain(state)), Some(f)) = (stage, file.take()) {
+                f.restore_model(&mut model)?;
+                let moments = f.moments(&mut model)?;
+                events(Event::Resumed(&format!(
+                    "resuming pre-training after {} epoch(s), {} step(s)",
+                    state.epochs_done, state.steps
+                )));
+                fit_resume = Some(FitResume { state, moments });
+            }
+            let (head, pretrained, first_inference) = pretrain(
+                &mut model,
+                labelled,
+                &pool_images,
+                test,
+                (&train_idx, &val_idx),
+                cfg,
+                fit_resume,
+                &mut ck,
+                events,
+            )?;
+            (head, Vec::new(), None, Some((pretrained, first_inference)))
+        }
+    };
+    if outcomes.len() > head.plan.strategies.len() {
+        return Err(damaged(
+            "it lists more finished strategies than the plan has",
+        ));
+    }
+
+    // Every strategy not finished yet, from the pre-trained weights.
+    if outcomes.len() < head.plan.strategies.len() {
+        let (pretrained, first_inference) = match fresh {
+            Some(done) => done,
+            None => {
+                ck.saver.load_pretrained(&mut model, head.pretrained_crc)?;
+                let snapshot = model.snapshot()?;
+                let inference = train::infer(&mut model, &pool_images, &all_pool, cfg.infer_batch)?;
+                (snapshot, inference)
+            }
+        };
+        let pretrain_val_f1 = head
+            .pretrain
+            .last()
+            .and_then(|e| e.val.as_ref())
+            .map(|v| v.metrics.per_label_f1.clone());
+        let shared = Shared {
+            backend: &backend,
+            labelled,
+            pool,
+            pool_images: &pool_images,
+            test,
+            train_idx: &train_idx,
+            val_idx: &val_idx,
+            pretrained: &pretrained,
+            first_inference: &first_inference,
+            pretrain_val_f1: pretrain_val_f1.as_deref(),
+            baseline: &head.baseline,
+            config: &config,
+            cfg,
+            retrain: TrainConfig {
+                epochs: head.plan.retrain_epochs,
+                ..cfg.retrain.clone()
+            },
+            round_sizes: &head.plan.round_sizes,
+        };
+        let mut current = current;
+        let total = head.plan.strategies.len();
+        for strategy_plan in &head.plan.strategies[outcomes.len()..] {
+            events(Event::Stage(&format!(
+                "strategy {}",
+                strategy_plan.strategy
+            )));
+            let resume = match (current.take(), file.take()) {
+                (Some(progress), Some(f)) => Some((progress, f)),
+                _ => None,
+            };
+            let outcome =
+                run_strategy(&shared, &mut model, strategy_plan, resume, &mut ck, events)?;
+            ck.outcomes.push(resume::outcome(&outcome));
+            outcomes.push(outcome);
+            if outcomes.len() < total && ck.saver.due(Boundary::Round) {
+                ck.save_purchasing(None, None, None)?;
+            }
+        }
+    }
+
+    // Done: a last checkpoint with the whole report and no tensors, so writing the outputs (or
+    // the next seed) can fail or be killed without losing any of this; the pre-trained weights
+    // have served.
+    if ck.saver.enabled() {
+        ck.save_purchasing(None, None, None)?;
+        ck.saver.forget_pretrained()?;
+    }
+    Ok(ExperimentReport {
+        seed: cfg.seed,
+        labelled: labelled.len(),
+        pool: pool.len(),
+        test: test.len(),
+        label_names: config.label_names.clone(),
+        multilabel,
+        pretrain: head.pretrain,
+        baseline: head.baseline,
+        plan: head.plan,
+        evaluator: cfg.evaluator,
+        outcomes,
+        seconds: ck.seconds(),
+    })
+}
+
+/// Pre-trains on the labelled set (continuing `fit_resume` if given), evaluates the baseline,
+/// scores the pool with the pre-trained model, plans the rounds from the measured throughput,
+/// and writes the pre-trained weights beside the checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn pretrain(
+    model: &mut Model,
+    labelled: &Dataset,
+    pool_images: &Dataset,
+    test: &Dataset,
+    (train_idx, val_idx): (&[usize], &[usize]),
+    cfg: &ExperimentConfig,
+    fit_resume: Option<FitResume>,
+    ck: &mut RunCheckpoints,
+    events: &mut dyn FnMut(Event),
+) -> Result<(Head, Snapshot, Inference)> {
+    events(Event::Stage("pre-training on the labelled set"));
+    let pretrain = {
+        let mut checkpoint = |p: FitPoint| -> Result<()> {
+            match ck.saver.due(boundary_of(&p)) {
+                true => ck.save_pretrain(p.state, p.model, p.adam),
+                false => Ok(()),
+            }
+        };
+        let hooks = FitHooks {
+            progress: Some(&mut |p| events(Event::Train(p))),
+            checkpoint: Some(&mut checkpoint),
+            resume: fit_resume,
+            ..FitHooks::default()
+        };
+        train::fit_with(model, labelled, train_idx, val_idx, &cfg.pretrain, hooks)?
+    };
+    let fit_seconds = pretrain.seconds;
 
     // Every strategy but random and committee scores the pool with the pre-trained model in
     // its first round; timing that and the baseline gives the inference throughput.
     let infer_start = Instant::now();
-    let baseline = train::evaluate(&mut model, test, &all_test, cfg.infer_batch)?.metrics;
+    let all_test: Vec<usize> = (0..test.len()).collect();
+    let baseline = train::evaluate(model, test, &all_test, cfg.infer_batch)?.metrics;
     let pretrained: Snapshot = model.snapshot()?;
-    let (pool_images, _) = Oracle::new(pool)?;
-    let all_pool: Vec<usize> = (0..pool.len()).collect();
-    let first_inference = train::infer(&mut model, &pool_images, &all_pool, cfg.infer_batch)?;
-    let inferred = (test.len() + pool.len()).max(1) as f64;
+    let all_pool: Vec<usize> = (0..pool_images.len()).collect();
+    let first_inference = train::infer(model, pool_images, &all_pool, cfg.infer_batch)?;
+    let inferred = (test.len() + pool_images.len()).max(1) as f64;
     let infer_spi = infer_start.elapsed().as_secs_f64() / inferred;
     let validated = (val_idx.len() * pretrain.epochs.len()) as f64;
     let trained = (train_idx.len() * pretrain.epochs.len()).max(1) as f64;
@@ -385,7 +665,7 @@ pub fn run(
         train: train_idx.len(),
         val: val_idx.len(),
         labelled: labelled.len(),
-        pool: pool.len(),
+        pool: pool_images.len(),
         test: test.len(),
         committee_size: cfg.committee_size,
         committee_epochs: cfg.committee_epochs,
@@ -394,7 +674,7 @@ pub fn run(
         train_seconds_per_image: train_spi,
         infer_seconds_per_image: infer_spi,
     };
-    let spent_images = pretrain.images + (test.len() + pool.len()) as u64;
+    let spent_images = pretrain.images + (test.len() + pool_images.len()) as u64;
     let the_plan = plan::plan(
         &cfg.strategies,
         cfg.budget,
@@ -404,65 +684,95 @@ pub fn run(
         throughput,
         cfg.compute,
         spent_images,
-        start.elapsed().as_secs_f64(),
+        ck.seconds(),
     );
     events(Event::Plan(&the_plan));
 
-    let pretrain_val_f1 = pretrain
-        .epochs
-        .last()
-        .and_then(|e| e.val.as_ref())
-        .map(|v| v.metrics.per_label_f1.clone());
-    let shared = Shared {
-        backend: &backend,
-        labelled,
-        pool,
-        pool_images: &pool_images,
-        test,
-        train_idx: &train_idx,
-        val_idx: &val_idx,
-        pretrained: &pretrained,
-        first_inference: &first_inference,
-        pretrain_val_f1: pretrain_val_f1.as_deref(),
-        baseline: &baseline,
-        config: &config,
-        cfg,
-        retrain: TrainConfig {
-            epochs: the_plan.retrain_epochs,
-            ..cfg.retrain.clone()
-        },
-        round_sizes: &the_plan.round_sizes,
+    // The pre-trained weights every strategy starts from, once, beside the checkpoint.
+    let pretrained_crc = match ck.saver.enabled() {
+        true => ck.saver.pretrained(model)?,
+        false => 0,
     };
-    let mut outcomes = Vec::new();
-    for strategy_plan in &the_plan.strategies {
-        events(Event::Stage(&format!(
-            "strategy {}",
-            strategy_plan.strategy
-        )));
-        outcomes.push(run_strategy(&shared, &mut model, strategy_plan, events)?);
-    }
-
-    Ok(ExperimentReport {
-        seed: cfg.seed,
-        labelled: labelled.len(),
-        pool: pool.len(),
-        test: test.len(),
-        label_names: config.label_names.clone(),
-        multilabel,
+    let head = Head {
         pretrain: pretrain.epochs,
         baseline,
-        plan: the_plan.clone(),
-        evaluator: cfg.evaluator,
-        outcomes,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+        plan: the_plan,
+        pretrained_crc,
+    };
+    ck.head = resume::head(&head);
+    if ck.saver.due(Boundary::Round) {
+        ck.save_purchasing(None, None, None)?;
+    }
+    Ok((head, pretrained, first_inference))
 }
 
-/// One strategy's rounds within its share of the budget, then its final evaluation.
+/// A resumed strategy's progress, checked against the pool and the plan: every purchase a
+/// distinct pool item, named as the rounds say, within the label budget.
+fn check_progress(
+    sh: &Shared,
+    name: &str,
+    p: &resume::Progress,
+    file: &CheckpointFile,
+) -> Result<()> {
+    if p.strategy != name {
+        return Err(file.bad(format!(
+            "it continues strategy {}, but the plan's next is {name}",
+            p.strategy
+        )));
+    }
+    let pending: &[(String, f32)] = match &p.at {
+        At::Retraining { record, .. } => &record.items,
+        _ => &[],
+    };
+    let named: Vec<&str> = p
+        .rounds
+        .iter()
+        .flat_map(|r| r.items.iter())
+        .chain(pending)
+        .map(|(f, _)| f.as_str())
+        .collect();
+    let by_index: Vec<Option<&str>> = p
+        .bought
+        .iter()
+        .map(|&i| sh.pool.files.get(i).map(String::as_str))
+        .collect();
+    if by_index
+        .iter()
+        .map(|f| f.unwrap_or(""))
+        .ne(named.iter().copied())
+    {
+        return Err(file.bad(format!(
+            "{name}: its purchases ({} pool items) do not match its rounds' items ({})",
+            p.bought.len(),
+            named.len()
+        )));
+    }
+    if p.bought.len() > sh.cfg.budget {
+        return Err(file.bad(format!(
+            "{name}: {} labels bought, over the budget of {}",
+            p.bought.len(),
+            sh.cfg.budget
+        )));
+    }
+    let (done, next) = match &p.at {
+        At::Round(n) => (p.rounds.len(), n.checked_sub(1)),
+        At::Retraining { record, .. } => (p.rounds.len(), record.round.checked_sub(1)),
+        At::Final(_) => (p.rounds.len(), Some(p.rounds.len())),
+    };
+    if next != Some(done) || done > sh.round_sizes.len() {
+        return Err(file.bad(format!("{name}: {done} rounds done does not fit its stage")));
+    }
+    Ok(())
+}
+
+/// One strategy's rounds within its share of the budget, then its final evaluation; with
+/// `resume`, continues the progress a checkpoint saved.
 fn run_strategy(
     sh: &Shared,
     model: &mut Model,
     plan: &StrategyPlan,
+    resume: Option<(resume::Progress, CheckpointFile)>,
+    ck: &mut RunCheckpoints,
     events: &mut dyn FnMut(Event),
 ) -> Result<StrategyOutcome> {
     let strategy = plan.strategy;
@@ -487,116 +797,216 @@ fn run_strategy(
     };
     model.restore(sh.pretrained)?;
 
-    for (r, &quota) in sh.round_sizes.iter().enumerate() {
-        let round = r + 1;
-        if let Some(reason) = meter.spent_with(0) {
-            stopped = Some(reason);
-            break;
+    // Continue a saved progress: the pool and the oracle are re-derived from the purchases.
+    let mut first_round = 0;
+    let mut resumed_round = false;
+    let mut pending = None;
+    let mut final_fit = None;
+    if let Some((p, file)) = resume {
+        check_progress(sh, &name, &p, &file)?;
+        pool_state
+            .mark_bought(&p.bought)
+            .map_err(|e| file.bad(format!("{name}: {e}")))?;
+        bought_labels = oracle.reveal(&p.bought)?;
+        bought = p.bought;
+        rounds = p.rounds;
+        label_f1 = p.label_f1;
+        stopped = p.stopped;
+        meter = Meter::resumed(plan.share, p.meter_images, p.meter_seconds);
+        if file.has_model() {
+            file.restore_model(model)?;
         }
-        let round_start = Instant::now();
-        let images_before = meter.images();
-        let current = with_purchases(sh.labelled, sh.pool_images, &bought, &bought_labels);
-        let mut current_train = sh.train_idx.to_vec();
-        current_train.extend(sh.labelled.len()..current.len());
-
-        // Score with the current model (round 1: the pre-trained pool scores).
-        let fresh;
-        let pool_inference = match strategy {
-            Strategy::Random | Strategy::Committee { .. } => None,
-            _ if round == 1 => Some(sh.first_inference),
-            _ => {
-                fresh = train::infer(model, sh.pool_images, &all_pool, cfg.infer_batch)?;
-                meter.add(sh.pool.len() as u64);
-                Some(&fresh)
+        match p.at {
+            At::Round(n) => {
+                first_round = n - 1;
+                resumed_round = true;
             }
-        };
-        let centres = match strategy {
-            Strategy::Coreset => {
-                let labelled = train::infer(model, sh.labelled, &all_labelled, cfg.infer_batch)?;
-                meter.add(sh.labelled.len() as u64);
-                Some(labelled.embeddings)
-            }
-            _ => None,
-        };
-        let committee = match strategy.needs_committee() {
-            false => None,
-            true => {
-                let recipe = CommitteeRecipe {
-                    size: cfg.committee_size,
-                    train: TrainConfig {
-                        epochs: cfg.committee_epochs,
-                        ..sh.retrain.clone()
-                    },
-                    infer_batch: cfg.infer_batch,
+            At::Retraining {
+                record,
+                images_before,
+                seconds_before,
+                fit,
+            } => {
+                first_round = record.round - 1;
+                let moments = file.moments(model)?;
+                let fit = FitResume {
+                    state: fit,
+                    moments,
                 };
-                let seed = cfg.seed.wrapping_add(round as u64);
-                let built = build_committee(
-                    model,
-                    &current,
-                    &current_train,
-                    sh.pool_images,
-                    &recipe,
-                    seed,
-                    &mut |n| meter.spent_with(n).is_some(),
-                )?;
-                meter.add(built.images);
-                if built.stopped {
-                    stopped = meter.spent_with(0).or(Some(StopReason::ImageBudget));
+                pending = Some((record, images_before, seconds_before, fit));
+            }
+            At::Final(fit) => {
+                first_round = sh.round_sizes.len();
+                let moments = file.moments(model)?;
+                final_fit = Some(FitResume {
+                    state: fit,
+                    moments,
+                });
+            }
+        }
+        events(Event::Resumed(&format!(
+            "resuming {name} with {} label(s) bought, at round {}",
+            bought.len(),
+            first_round + 1
+        )));
+    }
+
+    for (r, &quota) in sh.round_sizes.iter().enumerate().skip(first_round) {
+        let round = r + 1;
+        let round_start = Instant::now();
+        let (mut record, images_before, seconds_before, fit_resume) = match pending.take() {
+            // The round's purchase was made before the checkpoint: go straight to retraining.
+            Some(p) => (p.0, p.1, p.2, Some(p.3)),
+            None => {
+                if round > 1 && !resumed_round && ck.saver.due(Boundary::Round) {
+                    let state = resume::progress(
+                        &name,
+                        &rounds,
+                        &bought,
+                        label_f1.as_deref(),
+                        meter.images(),
+                        meter.seconds(),
+                        stopped,
+                        resume::at_round(round),
+                    );
+                    ck.save_purchasing(Some(state), Some(model), None)?;
+                }
+                resumed_round = false;
+                if let Some(reason) = meter.spent_with(0) {
+                    stopped = Some(reason);
                     break;
                 }
-                Some(built.members)
-            }
-        };
+                let images_before = meter.images();
+                let current = with_purchases(sh.labelled, sh.pool_images, &bought, &bought_labels);
+                let mut current_train = sh.train_idx.to_vec();
+                current_train.extend(sh.labelled.len()..current.len());
 
-        // Buy. The purchase is recorded before retraining, so an interrupted round keeps it.
-        let scoring = Scoring {
-            pool: pool_inference,
-            centres: centres.as_deref(),
-            committee: committee.as_deref(),
-            label_f1: label_f1.as_deref(),
-        };
-        let round_params = ChooseParams {
-            seed: cfg.seed.wrapping_add(round as u64),
-            ..params
-        };
-        let chosen = choose(
-            &strategy,
-            sh.backend,
-            &scoring,
-            &pool_state,
-            quota,
-            round_params,
-        )?;
-        let items: Vec<usize> = chosen.iter().map(|&(i, _)| i).collect();
-        pool_state.mark_bought(&items)?;
-        bought_labels.extend(oracle.reveal(&items)?);
-        bought.extend(&items);
-        let mut record = RoundRecord {
-            round,
-            items: chosen
-                .iter()
-                .map(|&(i, s)| (sh.pool.files[i].clone(), s))
-                .collect(),
-            bought_total: oracle.revealed(),
-            seconds: 0.0,
-            images: 0,
-            test: None,
+                // Score with the current model (round 1: the pre-trained pool scores).
+                let fresh;
+                let pool_inference = match strategy {
+                    Strategy::Random | Strategy::Committee { .. } => None,
+                    _ if round == 1 => Some(sh.first_inference),
+                    _ => {
+                        fresh = train::infer(model, sh.pool_images, &all_pool, cfg.infer_batch)?;
+                        meter.add(sh.pool.len() as u64);
+                        Some(&fresh)
+                    }
+                };
+                let centres = match strategy {
+                    Strategy::Coreset => {
+                        let labelled =
+                            train::infer(model, sh.labelled, &all_labelled, cfg.infer_batch)?;
+                        meter.add(sh.labelled.len() as u64);
+                        Some(labelled.embeddings)
+                    }
+                    _ => None,
+                };
+                let committee = match strategy.needs_committee() {
+                    false => None,
+                    true => {
+                        let recipe = CommitteeRecipe {
+                            size: cfg.committee_size,
+                            train: TrainConfig {
+                                epochs: cfg.committee_epochs,
+                                ..sh.retrain.clone()
+                            },
+                            infer_batch: cfg.infer_batch,
+                        };
+                        let seed = cfg.seed.wrapping_add(round as u64);
+                        let built = build_committee(
+                            model,
+                            &current,
+                            &current_train,
+                            sh.pool_images,
+                            &recipe,
+                            seed,
+                            &mut |n| meter.spent_with(n).is_some(),
+                        )?;
+                        meter.add(built.images);
+                        if built.stopped {
+                            stopped = meter.spent_with(0).or(Some(StopReason::ImageBudget));
+                            break;
+                        }
+                        Some(built.members)
+                    }
+                };
+
+                // Buy. The purchase is recorded before retraining, so an interrupted round
+                // keeps it.
+                let scoring = Scoring {
+                    pool: pool_inference,
+                    centres: centres.as_deref(),
+                    committee: committee.as_deref(),
+                    label_f1: label_f1.as_deref(),
+                };
+                let round_params = ChooseParams {
+                    seed: cfg.seed.wrapping_add(round as u64),
+                    ..params
+                };
+                let chosen = choose(
+                    &strategy,
+                    sh.backend,
+                    &scoring,
+                    &pool_state,
+                    quota,
+                    round_params,
+                )?;
+                let items: Vec<usize> = chosen.iter().map(|&(i, _)| i).collect();
+                pool_state.mark_bought(&items)?;
+                bought_labels.extend(oracle.reveal(&items)?);
+                bought.extend(&items);
+                let record = RoundRecord {
+                    round,
+                    items: chosen
+                        .iter()
+                        .map(|&(i, s)| (sh.pool.files[i].clone(), s))
+                        .collect(),
+                    bought_total: oracle.revealed(),
+                    seconds: 0.0,
+                    images: 0,
+                    test: None,
+                };
+                model.restore(sh.pretrained)?;
+                (record, images_before, 0.0, None)
+            }
         };
 
         // Retrain from the pre-trained weights on labelled + bought, by the one recipe.
-        model.restore(sh.pretrained)?;
         let data = with_purchases(sh.labelled, sh.pool_images, &bought, &bought_labels);
         let mut train_all = sh.train_idx.to_vec();
         train_all.extend(sh.labelled.len()..data.len());
-        let fit = train::fit_until(
-            model,
-            &data,
-            &train_all,
-            sh.val_idx,
-            &sh.retrain,
-            &mut |p| events(Event::Train(p)),
-            &mut |n| meter.spent_with(n).is_some(),
-        )?;
+        let fit = {
+            let mut checkpoint = |p: FitPoint| -> Result<()> {
+                if !ck.saver.due(boundary_of(&p)) {
+                    return Ok(());
+                }
+                let at = resume::at_retraining(
+                    &record,
+                    images_before,
+                    seconds_before + round_start.elapsed().as_secs_f64(),
+                    p.state,
+                );
+                let state = resume::progress(
+                    &name,
+                    &rounds,
+                    &bought,
+                    label_f1.as_deref(),
+                    meter.images(),
+                    meter.seconds(),
+                    None,
+                    at,
+                );
+                ck.save_purchasing(Some(state), Some(p.model), Some(p.adam))
+            };
+            let hooks = FitHooks {
+                progress: Some(&mut |p| events(Event::Train(p))),
+                stop: Some(&mut |n| meter.spent_with(n).is_some()),
+                checkpoint: Some(&mut checkpoint),
+                resume: fit_resume,
+                ..FitHooks::default()
+            };
+            train::fit_with(model, &data, &train_all, sh.val_idx, &sh.retrain, hooks)?
+        };
         meter.add(fit.images);
         if !fit.stopped {
             if let Some(val) = fit.epochs.last().and_then(|e| e.val.as_ref()) {
@@ -606,7 +1016,7 @@ fn run_strategy(
                 Some(train::evaluate(model, sh.test, &all_test, cfg.infer_batch)?.metrics);
             meter.add(sh.test.len() as u64);
         }
-        record.seconds = round_start.elapsed().as_secs_f64();
+        record.seconds = seconds_before + round_start.elapsed().as_secs_f64();
         record.images = meter.images() - images_before;
         events(Event::Round(&name, &record));
         rounds.push(record);
@@ -639,18 +1049,41 @@ fn run_strategy(
             let mut train_all = sh.train_idx.to_vec();
             train_all.extend(sh.labelled.len()..data.len());
             let recipe = match evaluator {
-                Evaluator::FineTune => {
-                    model.restore(sh.pretrained)?;
-                    &sh.retrain
-                }
-                Evaluator::Fixed => {
-                    *model = Model::new(sh.backend.clone(), sh.config.clone(), cfg.seed)?;
-                    &cfg.pretrain
-                }
+                Evaluator::FineTune => &sh.retrain,
+                Evaluator::Fixed => &cfg.pretrain,
             };
-            train::fit(model, &data, &train_all, sh.val_idx, recipe, &mut |p| {
-                events(Event::Train(p))
-            })?;
+            // A resumed final training has its model from the checkpoint.
+            if final_fit.is_none() {
+                match evaluator {
+                    Evaluator::FineTune => model.restore(sh.pretrained)?,
+                    Evaluator::Fixed => {
+                        *model = Model::new(sh.backend.clone(), sh.config.clone(), cfg.seed)?
+                    }
+                }
+            }
+            let mut checkpoint = |p: FitPoint| -> Result<()> {
+                if !ck.saver.due(boundary_of(&p)) {
+                    return Ok(());
+                }
+                let state = resume::progress(
+                    &name,
+                    &rounds,
+                    &bought,
+                    label_f1.as_deref(),
+                    images,
+                    seconds,
+                    stopped,
+                    resume::at_final(p.state),
+                );
+                ck.save_purchasing(Some(state), Some(p.model), Some(p.adam))
+            };
+            let hooks = FitHooks {
+                progress: Some(&mut |p| events(Event::Train(p))),
+                checkpoint: Some(&mut checkpoint),
+                resume: final_fit,
+                ..FitHooks::default()
+            };
+            train::fit_with(model, &data, &train_all, sh.val_idx, recipe, hooks)?;
             train::evaluate(model, sh.test, &all_test, cfg.infer_batch)?.metrics
         }
     };

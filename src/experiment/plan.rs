@@ -43,15 +43,23 @@ impl fmt::Display for StopReason {
 #[derive(Debug, Clone)]
 pub struct Meter {
     start: Instant,
+    /// Seconds spent before `start` (by the run a resumed one continues).
+    earlier_seconds: f64,
     images: u64,
     limit: ComputeBudget,
 }
 
 impl Meter {
     pub fn new(limit: ComputeBudget) -> Self {
+        Meter::resumed(limit, 0, 0.0)
+    }
+
+    /// A meter that has already counted `images` and `seconds` (a resumed strategy's).
+    pub fn resumed(limit: ComputeBudget, images: u64, seconds: f64) -> Self {
         Meter {
             start: Instant::now(),
-            images: 0,
+            earlier_seconds: seconds,
+            images,
             limit,
         }
     }
@@ -66,7 +74,7 @@ impl Meter {
     }
 
     pub fn seconds(&self) -> f64 {
-        self.start.elapsed().as_secs_f64()
+        self.earlier_seconds + self.start.elapsed().as_secs_f64()
     }
 
     /// Whether the share is spent once `in_flight` more images are counted.

@@ -188,23 +188,17 @@ impl Model {
         if let Some(e) = failure {
             return Err(e);
         }
-        let views = tensors
+        // A deterministic header (sorted metadata), so equal models give equal files.
+        let entries: Vec<crate::tensor_file::Entry> = tensors
             .iter()
-            .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| Error::Format {
-                        path: path.into(),
-                        detail: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, Some(self.config_metadata())).map_err(|e| {
-            Error::Format {
+            .map(|(name, shape, bytes)| crate::tensor_file::Entry { name, shape, bytes })
+            .collect();
+        let metadata = self.config_metadata().into_iter().collect();
+        let bytes =
+            crate::tensor_file::to_bytes(&entries, &metadata).map_err(|e| Error::Format {
                 path: path.into(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         crate::io::write_atomic(path, &bytes)
     }
 
