@@ -675,6 +675,15 @@ pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
         "device": backend.name(), "threads": rayon::current_num_threads(),
         "image_size": a.image_size, "batch": a.batch_size,
     });
+    if a.profile {
+        let p = labelwise::bench::profile(&backend, a.image_size, a.batch_size, a.reps)?;
+        println!("{}", output::profile_table(&p));
+        doc["profile"] = output::profile_json(&p);
+        if let Some(path) = &a.json {
+            labelwise::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     if !a.model_only {
         let ops = labelwise::bench::ops(&backend, a.image_size, a.batch_size, a.reps)?;
         println!("{}", output::ops_table(&ops));

@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Skip the per-op table and time only the whole model.
     #[arg(long)]
     pub model_only: bool,
+    /// Instead of the tables, time every primitive inside --reps training steps and print
+    /// where a step's time goes, by op and by shape (CPU: op costs; CUDA: launch costs only).
+    #[arg(long, conflicts_with = "model_only")]
+    pub profile: bool,
     /// Also write the measurements as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
