@@ -202,7 +202,11 @@ fn head_and_optimiser(c: &mut Criterion) {
         })
         .collect();
     let total: usize = params.iter().map(|p| p.0.len()).sum();
-    assert_eq!(total, 11_176_512 + 512 * labels, "ResNet18 + head parameter count");
+    assert_eq!(
+        total,
+        11_176_512 + 512 * labels,
+        "ResNet18 + head parameter count"
+    );
     let mut group = c.benchmark_group("optimiser");
     group.throughput(Throughput::Elements(total as u64));
     let mut step = 0u32;

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::autograd::Graph;
-use crate::backend::profile::Profiled;
+use crate::backend::profile::{process_cpu_time, Profiled};
 use crate::backend::{BackendHandle, BatchNormParams, Conv2dParams, CosFaceParams, PoolParams};
 use crate::error::Result;
 use crate::model::{Model, ModelConfig, IMAGENET_MEAN, IMAGENET_STD};
@@ -363,6 +363,8 @@ pub struct ProfileRow {
     pub shape: String,
     pub calls_per_step: f64,
     pub ms_per_step: f64,
+    /// Process CPU time (all threads) per step; 0 where the platform does not tell.
+    pub cpu_ms_per_step: f64,
 }
 
 /// Where a training step's time goes.
@@ -373,6 +375,8 @@ pub struct StepProfile {
     pub steps: usize,
     /// Mean wall time of a whole step.
     pub step_ms: f64,
+    /// Mean process CPU time of a whole step (all threads); 0 where not measured.
+    pub step_cpu_ms: f64,
     /// Slowest first.
     pub rows: Vec<ProfileRow>,
 }
@@ -383,13 +387,16 @@ impl StepProfile {
         self.step_ms - self.rows.iter().map(|r| r.ms_per_step).sum::<f64>()
     }
 
-    /// `(op, ms per step)` summed over shapes, slowest first.
-    pub fn by_op(&self) -> Vec<(&'static str, f64)> {
-        let mut totals: Vec<(&'static str, f64)> = Vec::new();
+    /// `(op, wall ms per step, CPU ms per step)` summed over shapes, slowest first.
+    pub fn by_op(&self) -> Vec<(&'static str, f64, f64)> {
+        let mut totals: Vec<(&'static str, f64, f64)> = Vec::new();
         for r in &self.rows {
             match totals.iter_mut().find(|t| t.0 == r.op) {
-                Some(t) => t.1 += r.ms_per_step,
-                None => totals.push((r.op, r.ms_per_step)),
+                Some(t) => {
+                    t.1 += r.ms_per_step;
+                    t.2 += r.cpu_ms_per_step;
+                }
+                None => totals.push((r.op, r.ms_per_step, r.cpu_ms_per_step)),
             }
         }
         totals.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -411,11 +418,16 @@ pub fn profile(
     w.train_step()?;
     profiled.reset();
     let steps = steps.max(1);
+    let cpu_start = process_cpu_time();
     let start = Instant::now();
     for _ in 0..steps {
         w.train_step()?;
     }
     let step_ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let step_cpu_ms = match (cpu_start, process_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e3 / steps as f64,
+        _ => 0.0,
+    };
     let rows = profiled
         .report()
         .into_iter()
@@ -424,6 +436,7 @@ pub fn profile(
             shape,
             calls_per_step: s.calls as f64 / steps as f64,
             ms_per_step: s.total.as_secs_f64() * 1e3 / steps as f64,
+            cpu_ms_per_step: s.cpu.as_secs_f64() * 1e3 / steps as f64,
         })
         .collect();
     Ok(StepProfile {
@@ -431,6 +444,7 @@ pub fn profile(
         batch,
         steps,
         step_ms,
+        step_cpu_ms,
         rows,
     })
 }

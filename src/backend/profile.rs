@@ -1,9 +1,11 @@
 //! A backend that times every primitive of the backend it wraps: where a training step's time
 //! goes, op by op, for `labelwise bench --profile` and the optimisation log.
 //!
-//! Times are wall-clock around each call. On the CPU every call is synchronous, so they are
-//! the ops' own costs; on CUDA a call returns once the kernel is queued, so the figures there
-//! are launch costs, not kernel times (use Nsight for those).
+//! Each call gets two figures: wall-clock time, and the CPU time the whole process spent
+//! meanwhile (all threads; Linux only). On a machine shared with other work the second is the
+//! steadier one: being descheduled stretches wall time but not CPU time. On the CPU every call
+//! is synchronous, so both are the op's own cost; on CUDA a call returns once the kernel is
+//! queued, so the figures there are launch costs, not kernel times (use Nsight for those).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,7 +17,38 @@ use super::*;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OpStat {
     pub calls: u64,
+    /// Wall-clock time inside the op.
     pub total: Duration,
+    /// CPU time of the process (every thread) inside the op; zero where not measured.
+    pub cpu: Duration,
+}
+
+/// CPU time consumed by the whole process so far, where the platform tells.
+pub fn process_cpu_time() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct Timespec {
+            tv_sec: i64,
+            tv_nsec: i64,
+        }
+        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+        }
+        let mut ts = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec (two 64-bit fields on every 64-bit Linux
+        // target, the only ones we build for); clock_gettime writes it and nothing else.
+        let ok = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0;
+        ok.then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 /// Wraps a backend and records [`OpStat`]s per `(op, shape)`.
@@ -60,13 +93,19 @@ impl Profiled {
         shape: impl FnOnce() -> String,
         f: impl FnOnce() -> R,
     ) -> R {
+        let cpu_start = process_cpu_time();
         let start = Instant::now();
         let out = f();
         let elapsed = start.elapsed();
+        let cpu = match (cpu_start, process_cpu_time()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => Duration::ZERO,
+        };
         let mut stats = self.lock();
         let s = stats.entry((op, shape())).or_default();
         s.calls += 1;
         s.total += elapsed;
+        s.cpu += cpu;
         out
     }
 }
