@@ -490,6 +490,78 @@ pub(crate) fn conv2d_bwd_filter_kernel<T: Float>(
         let dw = conv2d_bwd_filter_kernel(&cropped, x, dy)?;
         return Ok(uncrop_weight(g, &dw, lo, cropped.k));
     }
+    match g.images_per_tile::<T>() {
+        Some(images) => conv2d_bwd_filter_blocked(g, x, dy, images),
+        None => conv2d_bwd_filter_chunked(g, x, dy),
+    }
+}
+
+/// Partial filter gradients of the blocked path: each sums a fixed share of the image groups,
+/// and they are added in order, so the result does not depend on the thread count; eight keep
+/// two to four cores busy while holding at most 8 x [`TILE_MAX_WEIGHT`] elements.
+const FILTER_PARTIALS: usize = 8;
+
+/// The filter gradient over groups of `images` images: each of up to [`FILTER_PARTIALS`]
+/// tasks walks its groups, im2col into this thread's scratch and a serial product
+/// accumulating into its own partial gradient.
+fn conv2d_bwd_filter_blocked<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    images: usize,
+) -> Result<Vec<T>> {
+    let kl = g.patch_len();
+    let image_in = g.h * g.w * g.ci;
+    let out_len = g.out_pixels() * g.co;
+    let groups = g.n.div_ceil(images);
+    let images_per_part = groups.div_ceil(groups.min(FILTER_PARTIALS)) * images;
+    let partials: Vec<Vec<T>> = x
+        .par_chunks(images_per_part * image_in)
+        .zip(dy.par_chunks(images_per_part * out_len))
+        .map(|(x_part, dy_part)| {
+            let mut dw = vec![T::ZERO; g.co * kl];
+            let mut col = T::take_scratch();
+            let tiles = x_part
+                .chunks(images * image_in)
+                .zip(dy_part.chunks(images * out_len));
+            let mut done = Ok(());
+            for (i, (x_tile, dy_tile)) in tiles.enumerate() {
+                let tile = g.with_images(x_tile.len() / image_in);
+                let rows = tile.n * tile.out_pixels();
+                col.resize(rows * kl, T::ZERO);
+                im2col(&tile, x_tile, &mut col);
+                // dw [Co, K] (+)= dyᵀ [Co, rows] · col [rows, K]
+                done = matmul_serial(
+                    &mut dw,
+                    dy_tile,
+                    Layout::Transposed,
+                    &col,
+                    Layout::Plain,
+                    g.co,
+                    kl,
+                    rows,
+                    i > 0,
+                );
+                if done.is_err() {
+                    break;
+                }
+            }
+            T::keep_scratch(col);
+            done.map(|()| dw)
+        })
+        .collect::<Result<_>>()?;
+    let mut parts = partials.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![T::ZERO; g.co * kl]);
+    for part in parts {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    Ok(dw)
+}
+
+/// The filter gradient over chunks of up to [`COL_BUDGET`] im2col elements.
+fn conv2d_bwd_filter_chunked<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Result<Vec<T>> {
     let kl = g.patch_len();
     let mut dw = vec![T::ZERO; g.co * kl];
     let chunk = g.images_per_chunk();
@@ -816,12 +888,21 @@ mod tests {
             &dx_blocked,
             REORDERED_F64,
         );
+        let dw_chunked = conv2d_bwd_filter_chunked(&g, &x, &dy).expect("chunked filter gradient");
+        let dw_blocked =
+            conv2d_bwd_filter_blocked(&g, &x, &dy, 2).expect("blocked filter gradient");
+        assert_close(
+            "filter gradient, chunked vs blocked",
+            &dw_chunked,
+            &dw_blocked,
+            REORDERED_F64,
+        );
     }
 
     #[test]
     fn blocked_path_matches_direct_loops() {
         // 8x8x64 with a 3x3 kernel: 147 KiB of col per image, so groups of 3 images, and 7
-        // images leave a partial last group of 1.
+        // images leave a partial last group of 1 (three filter partials of one group each).
         let g = geometry((7, 8, 8, 64, 5, 3, 1, 1));
         assert_eq!(g.images_per_tile::<f32>(), Some(3));
         check_against_direct(98, &g);
