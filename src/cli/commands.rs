@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
@@ -12,7 +13,7 @@ use labelwise::active::Strategy;
 use labelwise::backend::{self, Aggregate, BackendHandle};
 use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
 use labelwise::experiment::{self, ComputeBudget, Evaluator, ExperimentConfig, ModelSettings};
-use labelwise::model::{Model, IMAGENET_MEAN, IMAGENET_STD};
+use labelwise::model::{Model, TorchvisionWeights, IMAGENET_MEAN, IMAGENET_STD};
 use labelwise::optim::AdamConfig;
 use labelwise::train::{self, LrSchedule, TrainConfig};
 
@@ -41,8 +42,15 @@ fn load(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
 }
 
 impl Recipe {
-    fn settings(&self) -> ModelSettings {
-        ModelSettings {
+    /// The model settings, with --init-weights read and checked.
+    fn settings(&self) -> anyhow::Result<ModelSettings> {
+        let init_encoder = match &self.init_weights {
+            Some(path) => Some(Arc::new(
+                TorchvisionWeights::read(path).context("--init-weights")?,
+            )),
+            None => None,
+        };
+        Ok(ModelSettings {
             image_size: self.image_size,
             margin: self.margin,
             scale: self.scale,
@@ -53,7 +61,8 @@ impl Recipe {
             },
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
-        }
+            init_encoder,
+        })
     }
 
     fn train_config(&self, epochs: usize) -> TrainConfig {
@@ -136,6 +145,13 @@ fn recipe_rows(r: &Recipe, epochs: usize) -> Vec<(&'static str, String)> {
         ),
         ("cosface", format!("m {} s {}", r.margin, r.scale)),
         ("seed", r.seed.to_string()),
+        (
+            "encoder init",
+            match &r.init_weights {
+                Some(path) => path.display().to_string(),
+                None => "seeded (Kaiming normal)".to_string(),
+            },
+        ),
     ]
 }
 
@@ -168,8 +184,9 @@ pub fn import_fashion_mnist(global: &Global, a: &FashionMnistArgs) -> anyhow::Re
 pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
     a.recipe.check()?;
     let backend = open_backend(global)?;
+    let settings = a.recipe.settings()?;
     let data = load(&a.data, a.recipe.image_size)?;
-    let config = a.recipe.settings().config_for(&data);
+    let config = settings.config_for(&data);
     let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
     rows.insert(
         0,
@@ -196,7 +213,7 @@ pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
 
     let all: Vec<usize> = (0..data.len()).collect();
     let (train_idx, val_idx) = train::split_train_val(&all, a.recipe.val_fraction, a.recipe.seed);
-    let mut model = Model::new(backend, config, a.recipe.seed)?;
+    let mut model = settings.initial_model(backend, config, a.recipe.seed)?;
     let mut reporter = Reporter::new(global.quiet);
     let epochs = train::fit(
         &mut model,
@@ -507,6 +524,7 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         bail!("--time-budget must be a positive number of seconds");
     }
     let backend = open_backend(global)?;
+    let settings = a.recipe.settings()?;
     let size = a.recipe.image_size;
 
     // The data: the user's folders, or the embedded Fashion-MNIST subset. A single --train
@@ -531,7 +549,7 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         images: a.image_budget,
     };
     let base = ExperimentConfig {
-        model: a.recipe.settings(),
+        model: settings,
         pretrain: a.recipe.train_config(a.recipe.epochs),
         retrain: a.recipe.train_config(a.retrain_epochs),
         val_fraction: a.recipe.val_fraction,

@@ -159,6 +159,12 @@ pub struct Recipe {
     /// Seed for initialisation, splits and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Start the encoder from a torchvision ResNet18 state dict saved as safetensors (e.g.
+    /// ImageNet's, exported by scripts/export_torchvision.py) instead of a seeded
+    /// initialisation. fc.* and num_batches_tracked are skipped; any other missing, extra or
+    /// mis-shaped tensor is an error. The CosFace head still starts from --seed.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub init_weights: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@ mod plan;
 mod scoring;
 mod summary;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::active::metrics::Metrics;
@@ -14,7 +15,7 @@ use crate::active::Strategy;
 use crate::backend::{Aggregate, BackendHandle};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelConfig, Snapshot};
+use crate::model::{Model, ModelConfig, Snapshot, TorchvisionWeights};
 use crate::train::{self, EpochReport, Inference, Progress, TrainConfig};
 
 pub use plan::{
@@ -85,6 +86,9 @@ pub struct ModelSettings {
     pub multilabel: Option<bool>,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Start the encoder from these weights (for instance ImageNet's) instead of a seeded
+    /// initialisation; the CosFace head is always initialised from the seed.
+    pub init_encoder: Option<Arc<TorchvisionWeights>>,
 }
 
 impl Default for ModelSettings {
@@ -98,6 +102,7 @@ impl Default for ModelSettings {
             multilabel: None,
             mean: crate::model::IMAGENET_MEAN,
             std: crate::model::IMAGENET_STD,
+            init_encoder: None,
         }
     }
 }
@@ -115,6 +120,21 @@ impl ModelSettings {
             std: self.std,
         }
     }
+
+    /// A fresh model for `config` (from [`ModelSettings::config_for`]): seeded, with the
+    /// encoder then replaced by [`ModelSettings::init_encoder`] when set.
+    pub fn initial_model(
+        &self,
+        backend: BackendHandle,
+        config: ModelConfig,
+        seed: u64,
+    ) -> Result<Model> {
+        let mut model = Model::new(backend, config, seed)?;
+        if let Some(weights) = &self.init_encoder {
+            model.load_encoder(weights)?;
+        }
+        Ok(model)
+    }
 }
 
 /// Which model is scored at the end of a strategy's purchases (the "final model", trained by
@@ -124,8 +144,9 @@ pub enum Evaluator {
     /// The pre-trained model fine-tuned on labelled + bought by the retraining recipe, as every
     /// round does; the last round's model when it finished.
     FineTune,
-    /// A fresh model from the experiment's seed trained on labelled + bought by the
-    /// pre-training recipe, so no strategy profits from the pre-trained weights' history.
+    /// A fresh model from the experiment's seed (and [`ModelSettings::init_encoder`], if set)
+    /// trained on labelled + bought by the pre-training recipe, so no strategy profits from
+    /// the pre-trained weights' history.
     Fixed,
 }
 
@@ -353,7 +374,9 @@ pub fn run(
             what: "a validation split for per-label F1 (a validation fraction above 0)".into(),
         });
     }
-    let mut model = Model::new(backend.clone(), config.clone(), cfg.seed)?;
+    let mut model = cfg
+        .model
+        .initial_model(backend.clone(), config.clone(), cfg.seed)?;
     let fit_start = Instant::now();
     let pretrain = train::fit_until(
         &mut model,
@@ -644,7 +667,9 @@ fn run_strategy(
                     &sh.retrain
                 }
                 Evaluator::Fixed => {
-                    *model = Model::new(sh.backend.clone(), sh.config.clone(), cfg.seed)?;
+                    *model =
+                        cfg.model
+                            .initial_model(sh.backend.clone(), sh.config.clone(), cfg.seed)?;
                     &cfg.pretrain
                 }
             };
