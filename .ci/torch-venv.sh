@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs PyTorch, torchvision and safetensors into a throwaway virtual environment, for the
-# side-by-side CPU benchmark (.ci/torch_cpu_bench.sh) and the golden-file generator
-# (.ci/torch_golden.py). Not used by `cargo test` or CI: the golden file it produces is
-# committed. About 5 GB with PyTorch's CUDA libraries (PyPI's default wheel); it runs on the CPU.
+# side-by-side CPU benchmark (.ci/cpu-vs-torch.sh), the golden-file generator
+# (scripts/torch_golden.py) and the weight export (scripts/export_torchvision.py). Not used by
+# `cargo test` or CI: the golden file is committed. About 5 GB with PyTorch's CUDA libraries (PyPI's default wheel); it runs on the CPU.
 #
 # Usage: .ci/torch-venv.sh [DIR]   (default: $LABELWISE_TORCH_VENV or .torch-venv in the repository)
 # Prints the venv's python on its last line.
