@@ -94,10 +94,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions per size")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per process (median)")
     ap.add_argument("--json", help="also write the table as JSON here")
-    ap.add_argument("--worker", choices=["contiguous", "channels_last"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["contiguous", "channels_last", "import_only"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
 
+    if a.worker == "import_only":
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+        return
     if a.worker:
         torch_worker(a.size, a.batch, a.threads, a.steps, a.worker)
         return
@@ -158,6 +163,10 @@ def main() -> None:
               f"{r['labelwise_inference'] / r['torch_inference']:>6.2f}  "
               f"{r['labelwise_peak_mib']:>9.0f} {r['torch_peak_mib']:>8.0f} "
               f"{r['labelwise_peak_mib'] / r['torch_peak_mib']:>6.2f}")
+    # Context for the memory column: what PyTorch's process holds before any tensor exists.
+    _, import_rss = spawn([sys.executable, __file__, "--worker", "import_only"], env)
+    print(f"(PyTorch's process peaks at {import_rss:.0f} MiB after `import torch, torchvision` "
+          f"alone; labelwise's peaks include its whole process too)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
