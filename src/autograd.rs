@@ -113,13 +113,36 @@ impl Graph {
     }
 
     /// Runs the backward pass from the scalar `loss`, seeded with gradient 1.
-    pub fn backward(mut self, loss: &Var) -> Result<Grads> {
-        let root = loss.id.ok_or_else(|| {
+    pub fn backward(self, loss: &Var) -> Result<Grads> {
+        if loss.value.len() != 1 {
+            return Err(Error::shape(
+                "backward",
+                format!("the loss is {:?}, not one element", loss.value.shape()),
+            ));
+        }
+        let seed = self.backend.from_host(&[1.0], loss.value.shape())?;
+        self.backward_from(loss, seed)
+    }
+
+    /// Runs the backward pass from any `output`, seeded with `grad` (shaped like it): the
+    /// gradients of `sum(output * grad)`, a vector-Jacobian product.
+    pub fn backward_from(mut self, output: &Var, grad: Tensor) -> Result<Grads> {
+        let root = output.id.ok_or_else(|| {
             Error::InvalidArgument("backward: the loss does not depend on any parameter".into())
         })?;
+        if grad.shape() != output.value.shape() {
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "seed gradient {:?} for an output of {:?}",
+                    grad.shape(),
+                    output.value.shape()
+                ),
+            ));
+        }
         let backend = self.backend.clone();
         let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
-        grads[root] = Some(backend.from_host(&[1.0], loss.value.shape())?);
+        grads[root] = Some(grad);
 
         // Node ids are a topological order, so one reverse sweep visits each node after
         // every consumer of its output.

@@ -1,12 +1,14 @@
 //! Throughput measurements for `labelwise bench`: per-op timings at ResNet18's shapes and
 //! whole training and inference steps, on any backend.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::autograd::Graph;
+use crate::backend::profile::{process_cpu_time, Profiled};
 use crate::backend::{BackendHandle, BatchNormParams, Conv2dParams, CosFaceParams, PoolParams};
 use crate::error::Result;
 use crate::model::{Model, ModelConfig, IMAGENET_MEAN, IMAGENET_STD};
@@ -83,8 +85,11 @@ fn random(backend: &BackendHandle, shape: &[usize], rng: &mut StdRng) -> Result<
     backend.from_host(&v, shape)
 }
 
-/// The convolutions of ResNet18 at `image_size`: (name, input H=W, C_in, C_out, k, stride, pad).
-fn resnet_convs(image_size: usize) -> Vec<(String, usize, usize, usize, usize, usize, usize)> {
+/// One distinct convolution of ResNet18: (name, input H=W, C_in, C_out, k, stride, padding).
+pub type ConvShape = (String, usize, usize, usize, usize, usize, usize);
+
+/// The distinct convolution shapes of ResNet18 at `image_size`, stem first.
+pub fn resnet_convs(image_size: usize) -> Vec<ConvShape> {
     let out = |h: usize, k: usize, s: usize, p: usize| (h + 2 * p - k) / s + 1;
     let mut v = vec![("conv1 7x7/2".to_string(), image_size, 3, 64, 7, 2, 3)];
     let mut h = out(out(image_size, 7, 2, 3), 3, 2, 1);
@@ -273,6 +278,65 @@ pub fn ops(
     Ok(out)
 }
 
+/// ResNet18 + CosFace with 10 labels, its optimiser, and a fixed random batch: the workload
+/// [`model`], [`profile`] and the criterion benches time.
+pub struct Workload {
+    backend: BackendHandle,
+    model: Model,
+    adam: Adam,
+    x: Tensor,
+    targets: Tensor,
+}
+
+impl Workload {
+    pub fn new(backend: &BackendHandle, image_size: usize, batch: usize) -> Result<Self> {
+        let config = ModelConfig {
+            label_names: (0..10).map(|i| format!("c{i}")).collect(),
+            multilabel: false,
+            image_size,
+            margin: 0.2,
+            scale: 16.0,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        };
+        let mut model = Model::new(backend.clone(), config, 0)?;
+        let adam = Adam::new(&mut model, AdamConfig::default())?;
+        let mut rng = StdRng::seed_from_u64(1);
+        let x = random(backend, &[batch, image_size, image_size, 3], &mut rng)?;
+        let mut t = vec![0.0f32; batch * 10];
+        for i in 0..batch {
+            t[i * 10 + i % 10] = 1.0;
+        }
+        let targets = backend.from_host(&t, &[batch, 10])?;
+        Ok(Workload {
+            backend: backend.clone(),
+            model,
+            adam,
+            x,
+            targets,
+        })
+    }
+
+    /// Forward, backward and Adam; reads the loss back, as training does.
+    pub fn train_step(&mut self) -> Result<()> {
+        let mut g = Graph::new(self.backend.clone(), true);
+        let fwd = self
+            .model
+            .forward(&mut g, self.x.clone(), Some(&self.targets))?;
+        let loss = g.cross_entropy(&fwd.logits, &self.targets, false)?;
+        loss.value.scalar()?;
+        let grads = g.backward(&loss)?;
+        self.adam.update(&mut self.model, grads, fwd.slots)
+    }
+
+    /// A forward pass without the tape, logits read back.
+    pub fn inference(&mut self) -> Result<()> {
+        let mut g = Graph::new(self.backend.clone(), false);
+        let fwd = self.model.forward(&mut g, self.x.clone(), None)?;
+        fwd.logits.value.to_vec().map(|_| ())
+    }
+}
+
 /// Times a full training step (forward, backward, Adam) and an inference pass of ResNet18 +
 /// CosFace with 10 labels.
 pub fn model(
@@ -281,42 +345,106 @@ pub fn model(
     batch: usize,
     reps: usize,
 ) -> Result<ModelTiming> {
-    let config = ModelConfig {
-        label_names: (0..10).map(|i| format!("c{i}")).collect(),
-        multilabel: false,
-        image_size,
-        margin: 0.2,
-        scale: 16.0,
-        mean: IMAGENET_MEAN,
-        std: IMAGENET_STD,
-    };
-    let mut model = Model::new(backend.clone(), config, 0)?;
-    let mut adam = Adam::new(&mut model, AdamConfig::default())?;
-    let mut rng = StdRng::seed_from_u64(1);
-    let x = random(backend, &[batch, image_size, image_size, 3], &mut rng)?;
-    let mut t = vec![0.0f32; batch * 10];
-    for i in 0..batch {
-        t[i * 10 + i % 10] = 1.0;
-    }
-    let targets = backend.from_host(&t, &[batch, 10])?;
-
-    let train_step = time(1, reps, || {
-        let mut g = Graph::new(backend.clone(), true);
-        let fwd = model.forward(&mut g, x.clone(), Some(&targets))?;
-        let loss = g.cross_entropy(&fwd.logits, &targets, false)?;
-        loss.value.scalar()?;
-        let grads = g.backward(&loss)?;
-        adam.update(&mut model, grads, fwd.slots)
-    })?;
-    let inference = time(1, reps, || {
-        let mut g = Graph::new(backend.clone(), false);
-        let fwd = model.forward(&mut g, x.clone(), None)?;
-        fwd.logits.value.to_vec().map(|_| ())
-    })?;
+    let mut w = Workload::new(backend, image_size, batch)?;
+    let train_step = time(1, reps, || w.train_step())?;
+    let inference = time(1, reps, || w.inference())?;
     Ok(ModelTiming {
         image_size,
         batch,
         train_step,
         inference,
+    })
+}
+
+/// One op at one shape within a profiled training step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRow {
+    pub op: &'static str,
+    pub shape: String,
+    pub calls_per_step: f64,
+    pub ms_per_step: f64,
+    /// Process CPU time (all threads) per step; 0 where the platform does not tell.
+    pub cpu_ms_per_step: f64,
+}
+
+/// Where a training step's time goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProfile {
+    pub image_size: usize,
+    pub batch: usize,
+    pub steps: usize,
+    /// Mean wall time of a whole step.
+    pub step_ms: f64,
+    /// Mean process CPU time of a whole step (all threads); 0 where not measured.
+    pub step_cpu_ms: f64,
+    /// Slowest first.
+    pub rows: Vec<ProfileRow>,
+}
+
+impl StepProfile {
+    /// Time outside every primitive: the tape, allocation, reading the loss back.
+    pub fn unaccounted_ms(&self) -> f64 {
+        self.step_ms - self.rows.iter().map(|r| r.ms_per_step).sum::<f64>()
+    }
+
+    /// `(op, wall ms per step, CPU ms per step)` summed over shapes, slowest first.
+    pub fn by_op(&self) -> Vec<(&'static str, f64, f64)> {
+        let mut totals: Vec<(&'static str, f64, f64)> = Vec::new();
+        for r in &self.rows {
+            match totals.iter_mut().find(|t| t.0 == r.op) {
+                Some(t) => {
+                    t.1 += r.ms_per_step;
+                    t.2 += r.cpu_ms_per_step;
+                }
+                None => totals.push((r.op, r.ms_per_step, r.cpu_ms_per_step)),
+            }
+        }
+        totals.sort_by(|a, b| b.1.total_cmp(&a.1));
+        totals
+    }
+}
+
+/// Runs `steps` training steps (after one untimed warm-up) with every primitive timed. On
+/// CUDA the per-op figures are launch costs only (see [`crate::backend::profile`]).
+pub fn profile(
+    backend: &BackendHandle,
+    image_size: usize,
+    batch: usize,
+    steps: usize,
+) -> Result<StepProfile> {
+    let profiled = Arc::new(Profiled::new(backend.clone()));
+    let handle: BackendHandle = profiled.clone();
+    let mut w = Workload::new(&handle, image_size, batch)?;
+    w.train_step()?;
+    profiled.reset();
+    let steps = steps.max(1);
+    let cpu_start = process_cpu_time();
+    let start = Instant::now();
+    for _ in 0..steps {
+        w.train_step()?;
+    }
+    let step_ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let step_cpu_ms = match (cpu_start, process_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e3 / steps as f64,
+        _ => 0.0,
+    };
+    let rows = profiled
+        .report()
+        .into_iter()
+        .map(|(op, shape, s)| ProfileRow {
+            op,
+            shape,
+            calls_per_step: s.calls as f64 / steps as f64,
+            ms_per_step: s.total.as_secs_f64() * 1e3 / steps as f64,
+            cpu_ms_per_step: s.cpu.as_secs_f64() * 1e3 / steps as f64,
+        })
+        .collect();
+    Ok(StepProfile {
+        image_size,
+        batch,
+        steps,
+        step_ms,
+        step_cpu_ms,
+        rows,
     })
 }

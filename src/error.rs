@@ -57,6 +57,12 @@ pub enum Error {
     },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A weights file whose tensors do not fit the model (see [`WeightsProblem`]).
+    #[error("{path}: {problem}")]
+    Weights {
+        path: PathBuf,
+        problem: WeightsProblem,
+    },
 
     // Checkpoints.
     /// A checkpoint file that cannot be used: torn, truncated, corrupt, or of another format.
@@ -103,6 +109,71 @@ impl OptionDifference {
             .map(|d| format!("{} was {}, now {}", d.option, d.checkpoint, d.now))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+}
+
+/// What is wrong with a weights file's tensors, each naming the tensors concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsProblem {
+    /// Tensors the model needs that the file lacks, and tensors the file holds that the model
+    /// has no place for (and does not knowingly skip); either list may be empty.
+    Names {
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+    },
+    /// A tensor of the wrong shape; shapes in the file's layout (`[Co, Ci, kh, kw]` for
+    /// convolutions).
+    Shape {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor whose element type is not a floating-point type we read.
+    Dtype { tensor: String, found: String },
+}
+
+impl std::fmt::Display for WeightsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Long lists (a ResNet50 file has hundreds of strangers) show their first few.
+        let list = |names: &[String]| {
+            const SHOWN: usize = 6;
+            let mut text = names
+                .iter()
+                .take(SHOWN)
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if names.len() > SHOWN {
+                text += &format!(" and {} more", names.len() - SHOWN);
+            }
+            text
+        };
+        match self {
+            WeightsProblem::Names {
+                missing,
+                unexpected,
+            } => {
+                let mut parts = Vec::new();
+                if !missing.is_empty() {
+                    parts.push(format!("missing tensor(s) {}", list(missing)));
+                }
+                if !unexpected.is_empty() {
+                    parts.push(format!("unexpected tensor(s) {}", list(unexpected)));
+                }
+                write!(f, "{}", parts.join("; "))
+            }
+            WeightsProblem::Shape {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {tensor:?} has shape {found:?}, expected {expected:?}"
+            ),
+            WeightsProblem::Dtype { tensor, found } => {
+                write!(f, "tensor {tensor:?} is {found}, expected a float type")
+            }
+        }
     }
 }
 

@@ -7,6 +7,9 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(&args.global);
+    if !labelwise::backend::cpu::keep_freed_memory() {
+        log::debug!("allocator tuning not available on this platform");
+    }
     match cli::dispatch(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

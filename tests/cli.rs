@@ -229,3 +229,49 @@ fn import_train_embed_purchase_evaluate_run() {
     assert!(run_out.join("learning_curve.png").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_profile_accounts_for_the_step() {
+    let dir = temp_dir("bench_profile");
+    let json = dir.join("profile.json");
+    let out = labelwise(&[
+        "--quiet",
+        "bench",
+        "--profile",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "2",
+        "--reps",
+        "2",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert!(out.contains("training step, 16px, batch 2"), "{out}");
+    assert!(out.contains("conv2d_fwd"), "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("profile JSON written"))
+            .expect("valid JSON");
+    let p = &doc["profile"];
+    let step = p["step_ms"].as_f64().expect("step_ms");
+    let rows = p["rows"].as_array().expect("rows");
+    // ResNet18 has 20 convolutions; each runs forward and filter gradient once per step, and
+    // all but the stem (whose input is the image, which needs no gradient) a data gradient.
+    let calls = |op: &str| -> f64 {
+        rows.iter()
+            .filter(|r| r["op"] == op)
+            .map(|r| r["calls_per_step"].as_f64().expect("calls"))
+            .sum()
+    };
+    assert_eq!(calls("conv2d_fwd"), 20.0);
+    assert_eq!(calls("conv2d_bwd_data"), 19.0);
+    assert_eq!(calls("conv2d_bwd_filter"), 20.0);
+    let inside: f64 = rows
+        .iter()
+        .map(|r| r["ms_per_step"].as_f64().expect("ms"))
+        .sum();
+    assert!(
+        inside > 0.0 && inside <= step * 1.01,
+        "ops {inside} ms vs step {step} ms"
+    );
+}

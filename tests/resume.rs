@@ -4,7 +4,7 @@
 //! clear error and leaves earlier outputs intact.
 //!
 //! Images are 16 px and few, so each run takes seconds. Each checkpoint of a ResNet18 with its
-//! optimiser is 135 MB whatever the image size, so the scratch folders live on a RAM disk when
+//! optimiser is 134 MB whatever the image size, so the scratch folders live on a RAM disk when
 //! there is one (`/dev/shm`).
 
 use std::collections::HashSet;

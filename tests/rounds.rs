@@ -72,6 +72,7 @@ fn config(strategies: Vec<Strategy>, multilabel: bool) -> ExperimentConfig {
             multilabel: Some(multilabel),
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            init_encoder: None,
         },
         pretrain: train.clone(),
         retrain: train,

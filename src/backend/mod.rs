@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod profile;
 
 use std::sync::Arc;
 

@@ -85,7 +85,7 @@ pub enum Cadence {
 
 impl Default for Cadence {
     /// Every 60 seconds: at most a minute of work lost, and the cost of writing a ResNet18 with
-    /// its optimiser state (135 MB, about 0.7 s on a slow disk) stays near 1% of the time.
+    /// its optimiser state (134 MB, about 0.45 s with fsync on our disk) stays under 1%.
     fn default() -> Self {
         Cadence::Seconds(60.0)
     }
@@ -278,6 +278,21 @@ pub fn fingerprint(data: &Dataset) -> String {
         data.size,
         crc.sum()
     )
+}
+
+/// A model's weights for [`Identity`]: a CRC-32 of every tensor. A job records its initial
+/// weights, so a resume from another starting point (other `--init-weights`) is caught.
+pub fn weights_fingerprint(model: &mut Model) -> Result<String> {
+    let mut crc = flate2::Crc::new();
+    let mut failure = None;
+    model.visit(&mut |name, _, t| match t.to_vec() {
+        Ok(v) => {
+            crc.update(name.as_bytes());
+            crc.update(bytemuck::cast_slice(&v));
+        }
+        Err(e) => failure = Some(e),
+    });
+    failure.map_or(Ok(format!("crc32 {:08x}", crc.sum())), Err)
 }
 
 /// The model settings and training recipe of a job, for its [`Identity`]; `prefix` tells apart

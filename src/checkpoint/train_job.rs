@@ -5,11 +5,11 @@ use serde_json::json;
 
 use super::codec;
 use super::Saver;
-use super::{fingerprint, model_identity, recipe_identity, Boundary, Checkpointing, Identity};
-use crate::backend::BackendHandle;
+use super::{fingerprint, model_identity, recipe_identity, weights_fingerprint};
+use super::{Boundary, Checkpointing, Identity};
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::model::{Model, ModelConfig};
+use crate::model::Model;
 use crate::train::{self, EpochReport, FitHooks, FitPoint, FitResume, Progress, TrainConfig};
 
 /// What [`train()`] returns.
@@ -21,8 +21,9 @@ pub struct Trained {
     pub resumed: Option<(usize, u32)>,
 }
 
-/// Trains a fresh model for `config` on `data` (a `val_fraction` split out for validation),
-/// saving checkpoints per `ck` and, with `ck.resume`, continuing from the last one.
+/// Trains `model`, freshly initialised, on `data` (a `val_fraction` split out for
+/// validation), saving checkpoints per `ck` and, with `ck.resume`, continuing from the last one
+/// (whose weights then replace the initial ones, which must be the same as when it started).
 ///
 /// The checkpoint holds the split, the model, the optimiser and the training state (see the
 /// [module documentation](super)); on the CPU with the same thread count the resumed run's
@@ -34,18 +35,19 @@ pub struct Trained {
 /// [`crate::Error::ResumeMismatch`] (other data or options), [`crate::Error::CheckpointExists`]
 /// (a fresh run over an unfinished one), and every error of [`train::fit_with`].
 pub fn train(
-    backend: BackendHandle,
+    mut model: Model,
     data: &Dataset,
-    config: ModelConfig,
     cfg: &TrainConfig,
     val_fraction: f32,
     ck: &Checkpointing,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Trained> {
-    let identity = model_identity(Identity::new().with("data", fingerprint(data)), &config);
+    let identity = Identity::new()
+        .with("data", fingerprint(data))
+        .with("initial weights", weights_fingerprint(&mut model)?);
+    let identity = model_identity(identity, &model.config);
     let identity = recipe_identity(identity, "", cfg).with("validation fraction", val_fraction);
     let (mut saver, file) = Saver::begin(ck, "train", identity)?;
-    let mut model = Model::new(backend, config, cfg.seed)?;
     let all: Vec<usize> = (0..data.len()).collect();
     let (mut train_idx, mut val_idx) = train::split_train_val(&all, val_fraction, cfg.seed);
 

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
@@ -13,7 +14,7 @@ use labelwise::backend::{self, Aggregate, BackendHandle};
 use labelwise::checkpoint::{self, Cadence, Checkpointing};
 use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
 use labelwise::experiment::{self, ComputeBudget, Evaluator, ExperimentConfig, ModelSettings};
-use labelwise::model::{Model, IMAGENET_MEAN, IMAGENET_STD};
+use labelwise::model::{Model, TorchvisionWeights, IMAGENET_MEAN, IMAGENET_STD};
 use labelwise::optim::AdamConfig;
 use labelwise::train::{self, LrSchedule, TrainConfig};
 
@@ -42,8 +43,15 @@ fn load(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
 }
 
 impl Recipe {
-    fn settings(&self) -> ModelSettings {
-        ModelSettings {
+    /// The model settings, with --init-weights read and checked.
+    fn settings(&self) -> anyhow::Result<ModelSettings> {
+        let init_encoder = match &self.init_weights {
+            Some(path) => Some(Arc::new(
+                TorchvisionWeights::read(path).context("--init-weights")?,
+            )),
+            None => None,
+        };
+        Ok(ModelSettings {
             image_size: self.image_size,
             margin: self.margin,
             scale: self.scale,
@@ -54,7 +62,8 @@ impl Recipe {
             },
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
-        }
+            init_encoder,
+        })
     }
 
     fn train_config(&self, epochs: usize) -> TrainConfig {
@@ -137,6 +146,13 @@ fn recipe_rows(r: &Recipe, epochs: usize) -> Vec<(&'static str, String)> {
         ),
         ("cosface", format!("m {} s {}", r.margin, r.scale)),
         ("seed", r.seed.to_string()),
+        (
+            "encoder init",
+            match &r.init_weights {
+                Some(path) => path.display().to_string(),
+                None => "seeded (Kaiming normal)".to_string(),
+            },
+        ),
     ]
 }
 
@@ -169,8 +185,9 @@ pub fn import_fashion_mnist(global: &Global, a: &FashionMnistArgs) -> anyhow::Re
 pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
     a.recipe.check()?;
     let backend = open_backend(global)?;
+    let settings = a.recipe.settings()?;
     let data = load(&a.data, a.recipe.image_size)?;
-    let config = a.recipe.settings().config_for(&data);
+    let config = settings.config_for(&data);
     let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
     rows.insert(
         0,
@@ -203,11 +220,11 @@ pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
 
     // Fail now, not after the last epoch, when the model cannot be written where asked.
     labelwise::io::check_writable(&a.out)?;
+    let model = settings.initial_model(backend, config, a.recipe.seed)?;
     let mut reporter = Reporter::new(global.quiet);
     let trained = checkpoint::train(
-        backend,
+        model,
         &data,
-        config,
         &a.recipe.train_config(a.recipe.epochs),
         a.recipe.val_fraction,
         &ck,
@@ -541,6 +558,7 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         bail!("--time-budget must be a positive number of seconds");
     }
     let backend = open_backend(global)?;
+    let settings = a.recipe.settings()?;
     let size = a.recipe.image_size;
 
     // The data: the user's folders, or the embedded Fashion-MNIST subset. A single --train
@@ -565,7 +583,7 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         images: a.image_budget,
     };
     let base = ExperimentConfig {
-        model: a.recipe.settings(),
+        model: settings,
         pretrain: a.recipe.train_config(a.recipe.epochs),
         retrain: a.recipe.train_config(a.retrain_epochs),
         val_fraction: a.recipe.val_fraction,
@@ -753,6 +771,15 @@ pub fn bench(global: &Global, a: &BenchArgs) -> anyhow::Result<()> {
         "device": backend.name(), "threads": rayon::current_num_threads(),
         "image_size": a.image_size, "batch": a.batch_size,
     });
+    if a.profile {
+        let p = labelwise::bench::profile(&backend, a.image_size, a.batch_size, a.reps)?;
+        println!("{}", output::profile_table(&p));
+        doc["profile"] = output::profile_json(&p);
+        if let Some(path) = &a.json {
+            labelwise::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     if !a.model_only {
         let ops = labelwise::bench::ops(&backend, a.image_size, a.batch_size, a.reps)?;
         println!("{}", output::ops_table(&ops));

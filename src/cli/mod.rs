@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// Skip the per-op table and time only the whole model.
     #[arg(long)]
     pub model_only: bool,
+    /// Instead of the tables, time every primitive inside --reps training steps and print
+    /// where a step's time goes, by op and by shape (CPU: op costs; CUDA: launch costs only).
+    #[arg(long, conflicts_with = "model_only")]
+    pub profile: bool,
     /// Also write the measurements as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -175,6 +179,12 @@ pub struct Recipe {
     /// Seed for initialisation, splits and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Start the encoder from a torchvision ResNet18 state dict saved as safetensors (e.g.
+    /// ImageNet's, exported by scripts/export_torchvision.py) instead of a seeded
+    /// initialisation. fc.* and num_batches_tracked are skipped; any other missing, extra or
+    /// mis-shaped tensor is an error. The CosFace head still starts from --seed.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub init_weights: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -598,3 +598,68 @@ pub fn ops_table(ops: &[labelwise::bench::OpTiming]) -> String {
     }
     out
 }
+
+/// `labelwise bench --profile`: totals per op, then the twenty slowest (op, shape) rows, each
+/// with wall time and the process's CPU time (the steadier figure on a busy machine).
+pub fn profile_table(p: &labelwise::bench::StepProfile) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let pct = |ms: f64| 100.0 * ms / p.step_ms;
+    let _ = writeln!(
+        out,
+        "training step, {}px, batch {}: {:.1} ms wall, {:.1} ms CPU, mean over {} steps ({:.1} images/s)",
+        p.image_size,
+        p.batch,
+        p.step_ms,
+        p.step_cpu_ms,
+        p.steps,
+        p.batch as f64 / (p.step_ms * 1e-3)
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>7} {:>10}",
+        "op", "ms/step", "share", "cpu ms"
+    );
+    for (op, ms, cpu) in p.by_op() {
+        let _ = writeln!(out, "{op:<24} {ms:>10.2} {:>6.1}% {cpu:>10.2}", pct(ms));
+    }
+    let other = p.unaccounted_ms();
+    let _ = writeln!(
+        out,
+        "{:<24} {other:>10.2} {:>6.1}%",
+        "(outside primitives)",
+        pct(other)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20} {:<40} {:>6} {:>10} {:>7} {:>10}",
+        "op", "shape", "calls", "ms/step", "share", "cpu ms"
+    );
+    for r in p.rows.iter().take(20) {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<40} {:>6.0} {:>10.2} {:>6.1}% {:>10.2}",
+            r.op,
+            r.shape,
+            r.calls_per_step,
+            r.ms_per_step,
+            pct(r.ms_per_step),
+            r.cpu_ms_per_step
+        );
+    }
+    out
+}
+
+pub fn profile_json(p: &labelwise::bench::StepProfile) -> serde_json::Value {
+    serde_json::json!({
+        "step_ms": p.step_ms,
+        "step_cpu_ms": p.step_cpu_ms,
+        "steps": p.steps,
+        "unaccounted_ms": p.unaccounted_ms(),
+        "rows": p.rows.iter().map(|r| serde_json::json!({
+            "op": r.op, "shape": r.shape, "calls_per_step": r.calls_per_step,
+            "ms_per_step": r.ms_per_step, "cpu_ms_per_step": r.cpu_ms_per_step,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -7,6 +7,7 @@ mod resume;
 mod scoring;
 mod summary;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -15,10 +16,10 @@ use crate::active::metrics::Metrics;
 use crate::active::select::Pool;
 use crate::active::Strategy;
 use crate::backend::{Aggregate, BackendHandle};
-use crate::checkpoint::{Boundary, CheckpointFile, Checkpointing, Saver};
+use crate::checkpoint::{weights_fingerprint, Boundary, CheckpointFile, Checkpointing, Saver};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelConfig, Snapshot};
+use crate::model::{Model, ModelConfig, Snapshot, TorchvisionWeights};
 use crate::optim::Adam;
 use crate::train::{
     self, EpochReport, FitHooks, FitPoint, FitResume, FitState, Inference, Progress, TrainConfig,
@@ -93,6 +94,9 @@ pub struct ModelSettings {
     pub multilabel: Option<bool>,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Start the encoder from these weights (for instance ImageNet's) instead of a seeded
+    /// initialisation; the CosFace head is always initialised from the seed.
+    pub init_encoder: Option<Arc<TorchvisionWeights>>,
 }
 
 impl Default for ModelSettings {
@@ -106,6 +110,7 @@ impl Default for ModelSettings {
             multilabel: None,
             mean: crate::model::IMAGENET_MEAN,
             std: crate::model::IMAGENET_STD,
+            init_encoder: None,
         }
     }
 }
@@ -123,6 +128,21 @@ impl ModelSettings {
             std: self.std,
         }
     }
+
+    /// A fresh model for `config` (from [`ModelSettings::config_for`]): seeded, with the
+    /// encoder then replaced by [`ModelSettings::init_encoder`] when set.
+    pub fn initial_model(
+        &self,
+        backend: BackendHandle,
+        config: ModelConfig,
+        seed: u64,
+    ) -> Result<Model> {
+        let mut model = Model::new(backend, config, seed)?;
+        if let Some(weights) = &self.init_encoder {
+            model.load_encoder(weights)?;
+        }
+        Ok(model)
+    }
 }
 
 /// Which model is scored at the end of a strategy's purchases (the "final model", trained by
@@ -132,8 +152,9 @@ pub enum Evaluator {
     /// The pre-trained model fine-tuned on labelled + bought by the retraining recipe, as every
     /// round does; the last round's model when it finished.
     FineTune,
-    /// A fresh model from the experiment's seed trained on labelled + bought by the
-    /// pre-training recipe, so no strategy profits from the pre-trained weights' history.
+    /// A fresh model from the experiment's seed (and [`ModelSettings::init_encoder`], if set)
+    /// trained on labelled + bought by the pre-training recipe, so no strategy profits from
+    /// the pre-trained weights' history.
     Fixed,
 }
 
@@ -430,8 +451,12 @@ pub fn run_resumable(
     let config = cfg.model.config_for(labelled);
     let multilabel = config.multilabel;
 
-    // A checkpoint to continue from must come from the same data and options.
-    let identity = resume::identity(labelled, pool, test, cfg, &config);
+    // A checkpoint to continue from must come from the same data, options and initial weights.
+    let mut model = cfg
+        .model
+        .initial_model(backend.clone(), config.clone(), cfg.seed)?;
+    let identity = resume::identity(labelled, pool, test, cfg, &config)
+        .with("initial weights", weights_fingerprint(&mut model)?);
     let (saver, mut file) = Saver::begin(checkpointing, "run", identity)?;
     let resumed = match &file {
         Some(f) => Some(resume::read_run_state(f.state()).map_err(|e| f.bad(e))?),
@@ -476,7 +501,6 @@ pub fn run_resumable(
         head: Value::Null,
         outcomes: Vec::new(),
     };
-    let mut model = Model::new(backend.clone(), config.clone(), cfg.seed)?;
     let (pool_images, _) = Oracle::new(pool)?;
     let all_pool: Vec<usize> = (0..pool.len()).collect();
 
@@ -1057,7 +1081,11 @@ fn run_strategy(
                 match evaluator {
                     Evaluator::FineTune => model.restore(sh.pretrained)?,
                     Evaluator::Fixed => {
-                        *model = Model::new(sh.backend.clone(), sh.config.clone(), cfg.seed)?
+                        *model = cfg.model.initial_model(
+                            sh.backend.clone(),
+                            sh.config.clone(),
+                            cfg.seed,
+                        )?
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! torchvision's tensor names.
 
 pub mod resnet;
+pub mod torchvision;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +15,7 @@ use crate::backend::{BackendHandle, CosFaceParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 pub use resnet::{ResNet18, EMBEDDING_DIM};
+pub use torchvision::TorchvisionWeights;
 
 /// The ImageNet channel means and standard deviations torchvision's weights expect.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -58,7 +60,9 @@ impl ModelConfig {
 pub struct ParamSlots(Vec<Option<Var>>);
 
 impl ParamSlots {
-    fn new(n: usize) -> Self {
+    /// `n` empty slots, one per trainable tensor of the network a forward pass will fill
+    /// (`encoder.num_slots` for [`ResNet18::forward`] alone).
+    pub fn new(n: usize) -> Self {
         ParamSlots(vec![None; n])
     }
 
@@ -170,7 +174,9 @@ impl Model {
     }
 
     /// Saves the weights as safetensors under torchvision's names, with the configuration in
-    /// the file's metadata. The file is written atomically.
+    /// the file's metadata. The file is written atomically. It loads into torchvision's
+    /// `resnet18().load_state_dict(..., strict=False)` with `fc.weight` and `fc.bias` missing
+    /// and `cosface.weight` (the head, `[labels, 512]`) unexpected, and nothing else.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut failure = None;

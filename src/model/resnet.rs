@@ -29,20 +29,54 @@ pub struct ConvBn {
     slot: usize,
 }
 
+/// Where a convolution + batch norm sits in the network (torchvision's names) and its sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvBnSpec {
+    pub conv_name: String,
+    pub bn_name: String,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvBnSpec {
+    /// The five tensors of this convolution + batch norm with their kinds and our shapes, in
+    /// [`ResNet18::visit`] order.
+    fn tensors(&self) -> [(String, TensorKind, Vec<usize>); 5] {
+        let (conv, bn, c) = (&self.conv_name, &self.bn_name, self.c_out);
+        let k = self.kernel;
+        [
+            (
+                format!("{conv}.weight"),
+                TensorKind::ConvWeight,
+                vec![c, k, k, self.c_in],
+            ),
+            (format!("{bn}.weight"), TensorKind::Param, vec![c]),
+            (format!("{bn}.bias"), TensorKind::Param, vec![c]),
+            (format!("{bn}.running_mean"), TensorKind::Buffer, vec![c]),
+            (format!("{bn}.running_var"), TensorKind::Buffer, vec![c]),
+        ]
+    }
+}
+
+/// One basic block's convolutions; `downsample` where the block changes shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSpec {
+    pub conv1: ConvBnSpec,
+    pub conv2: ConvBnSpec,
+    pub downsample: Option<ConvBnSpec>,
+}
+
 impl ConvBn {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         backend: &BackendHandle,
         rng: &mut StdRng,
         slots: &mut usize,
-        conv_name: &str,
-        bn_name: &str,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
+        spec: &ConvBnSpec,
     ) -> Result<Self> {
+        let (c_in, c_out, kernel) = (spec.c_in, spec.c_out, spec.kernel);
         // Kaiming normal, fan-out mode, as torchvision initialises ResNet convolutions.
         let std = (2.0 / (c_out * kernel * kernel) as f32).sqrt();
         let n = c_out * kernel * kernel * c_in;
@@ -50,14 +84,17 @@ impl ConvBn {
         let slot = *slots;
         *slots += 3;
         Ok(ConvBn {
-            conv_name: conv_name.to_string(),
-            bn_name: bn_name.to_string(),
+            conv_name: spec.conv_name.clone(),
+            bn_name: spec.bn_name.clone(),
             weight: backend.from_host(&w, &[c_out, kernel, kernel, c_in])?,
             gamma: backend.from_host(&vec![1.0; c_out], &[c_out])?,
             beta: backend.zeros(&[c_out])?,
             running_mean: backend.zeros(&[c_out])?,
             running_var: backend.from_host(&vec![1.0; c_out], &[c_out])?,
-            conv: Conv2dParams { stride, padding },
+            conv: Conv2dParams {
+                stride: spec.stride,
+                padding: spec.padding,
+            },
             slot,
         })
     }
@@ -151,10 +188,19 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
-    /// A freshly initialised encoder on `backend`.
-    pub fn new(backend: &BackendHandle, rng: &mut StdRng) -> Result<Self> {
-        let mut slots = 0;
-        let stem = ConvBn::new(backend, rng, &mut slots, "conv1", "bn1", 3, 64, 7, 2, 3)?;
+    /// torchvision's ResNet18: the stem (7x7 stride 2), then four stages of two basic blocks,
+    /// widths 64-128-256-512, the first block of stages 2-4 strided with a 1x1 downsample.
+    pub fn architecture() -> (ConvBnSpec, Vec<BlockSpec>) {
+        let spec = |conv: &str, bn: &str, c_in, c_out, kernel, stride, padding| ConvBnSpec {
+            conv_name: conv.to_string(),
+            bn_name: bn.to_string(),
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+        };
+        let stem = spec("conv1", "bn1", 3, 64, 7, 2, 3);
         let mut blocks = Vec::new();
         let mut c_in = 64;
         for (layer, &width) in [64, 128, 256, 512].iter().enumerate() {
@@ -162,52 +208,51 @@ impl ResNet18 {
                 let stride = if layer > 0 && index == 0 { 2 } else { 1 };
                 let prefix = format!("layer{}.{index}", layer + 1);
                 let name = |s: &str| format!("{prefix}.{s}");
-                let conv1 = ConvBn::new(
-                    backend,
-                    rng,
-                    &mut slots,
-                    &name("conv1"),
-                    &name("bn1"),
-                    c_in,
-                    width,
-                    3,
-                    stride,
-                    1,
-                )?;
-                let conv2 = ConvBn::new(
-                    backend,
-                    rng,
-                    &mut slots,
-                    &name("conv2"),
-                    &name("bn2"),
-                    width,
-                    width,
-                    3,
-                    1,
-                    1,
-                )?;
-                let downsample = match stride != 1 || c_in != width {
-                    true => Some(ConvBn::new(
-                        backend,
-                        rng,
-                        &mut slots,
-                        &name("downsample.0"),
-                        &name("downsample.1"),
-                        c_in,
-                        width,
-                        1,
-                        stride,
-                        0,
-                    )?),
-                    false => None,
-                };
-                blocks.push(BasicBlock {
-                    conv1,
-                    conv2,
-                    downsample,
+                blocks.push(BlockSpec {
+                    conv1: spec(&name("conv1"), &name("bn1"), c_in, width, 3, stride, 1),
+                    conv2: spec(&name("conv2"), &name("bn2"), width, width, 3, 1, 1),
+                    downsample: (stride != 1 || c_in != width).then(|| {
+                        let (conv, bn) = (name("downsample.0"), name("downsample.1"));
+                        spec(&conv, &bn, c_in, width, 1, stride, 0)
+                    }),
                 });
                 c_in = width;
             }
+        }
+        (stem, blocks)
+    }
+
+    /// Every tensor's torchvision name, kind and shape in our layout, in [`ResNet18::visit`]
+    /// order, without building the network.
+    pub fn tensor_specs() -> Vec<(String, TensorKind, Vec<usize>)> {
+        let (stem, blocks) = Self::architecture();
+        let convs = std::iter::once(&stem).chain(
+            blocks
+                .iter()
+                .flat_map(|b| [Some(&b.conv1), Some(&b.conv2), b.downsample.as_ref()])
+                .flatten(),
+        );
+        convs.flat_map(ConvBnSpec::tensors).collect()
+    }
+
+    /// A freshly initialised encoder on `backend`.
+    pub fn new(backend: &BackendHandle, rng: &mut StdRng) -> Result<Self> {
+        let (stem_spec, block_specs) = Self::architecture();
+        let mut slots = 0;
+        let stem = ConvBn::new(backend, rng, &mut slots, &stem_spec)?;
+        let mut blocks = Vec::new();
+        for spec in &block_specs {
+            let conv1 = ConvBn::new(backend, rng, &mut slots, &spec.conv1)?;
+            let conv2 = ConvBn::new(backend, rng, &mut slots, &spec.conv2)?;
+            let downsample = match &spec.downsample {
+                Some(d) => Some(ConvBn::new(backend, rng, &mut slots, d)?),
+                None => None,
+            };
+            blocks.push(BasicBlock {
+                conv1,
+                conv2,
+                downsample,
+            });
         }
         Ok(ResNet18 {
             stem,

@@ -17,6 +17,8 @@ mod pool;
 #[cfg(test)]
 mod testing;
 
+pub use memory::keep_freed_memory;
+
 use crate::backend::*;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};

@@ -78,10 +78,10 @@ pub(crate) fn max_pool_fwd_kernel<T: Float>(g: &PoolGeometry, x: &[T]) -> Vec<T>
                 for ih in h0..h1 {
                     for iw in w0..w1 {
                         let at = ((n * g.h + ih) * g.w + iw) * c;
+                        // An unconditional select (not a conditional store) vectorises; a
+                        // NaN input never wins, as before.
                         for (o, &v) in out.iter_mut().zip(&x[at..at + c]) {
-                            if v > *o {
-                                *o = v;
-                            }
+                            *o = if v > *o { v } else { *o };
                         }
                     }
                 }
@@ -117,11 +117,17 @@ pub(crate) fn max_pool_bwd_kernel<T: Float>(
                     for ih in h0..h1 {
                         for iw in w0..w1 {
                             let src = (ih * g.w + iw) * c;
-                            for j in 0..c {
-                                if !routed[j] && x_img[src + j] == y_px[j] {
-                                    dx_img[src + j] += dy_px[j];
-                                    routed[j] = true;
-                                }
+                            // Branch-free so the channel loop vectorises: a channel takes
+                            // its gradient at the first tap equal to the maximum, then no more.
+                            let taps = dx_img[src..src + c]
+                                .iter_mut()
+                                .zip(&x_img[src..src + c])
+                                .zip(y_px.iter().zip(dy_px))
+                                .zip(routed.iter_mut());
+                            for (((d, &xv), (&yv, &g)), r) in taps {
+                                let hit = !*r & (xv == yv);
+                                *d += if hit { g } else { T::ZERO };
+                                *r |= hit;
                             }
                         }
                     }
