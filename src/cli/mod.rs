@@ -137,10 +137,10 @@ pub struct Recipe {
     /// Learning-rate schedule: cosine (decays to 0 over the run) or constant.
     #[arg(long, value_enum, default_value_t = ScheduleChoice::Cosine)]
     pub lr_schedule: ScheduleChoice,
-    /// CosFace margin m (training only).
+    /// CosFace margin m (training only; 0 or more).
     #[arg(long, default_value_t = 0.2)]
     pub margin: f32,
-    /// CosFace scale s.
+    /// CosFace scale s (above 0).
     #[arg(long, default_value_t = 16.0)]
     pub scale: f32,
     /// Images are resized to this square size.
@@ -155,6 +155,25 @@ pub struct Recipe {
     /// Seed for initialisation, splits and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// How image folders are read; every command that loads images takes it.
+#[derive(Args, Debug, Clone)]
+pub struct Loading {
+    /// What to do with an image that cannot be used: empty, truncated, corrupt, not PNG or
+    /// JPEG, over 40 megapixels (refused from its header), or listed in labels.csv but absent.
+    /// fail: stop with an error naming the file (and the labels.csv line). skip: leave it out
+    /// everywhere (never trained on, scored or bought; counts exclude it) with a warning naming
+    /// the file and the reason, then a count. A malformed labels.csv always fails; images
+    /// without a row in labels.csv are never loaded, with one warning.
+    #[arg(long, value_enum, default_value_t = BadImages::Fail, verbatim_doc_comment)]
+    pub bad_images: BadImages,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadImages {
+    Fail,
+    Skip,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +227,8 @@ pub struct TrainArgs {
     pub curves: bool,
     #[command(flatten)]
     pub recipe: Recipe,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 #[derive(Args, Debug)]
@@ -215,7 +236,7 @@ pub struct EmbedArgs {
     /// A model saved by `labelwise train`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Folder with images/ (labels.csv, if any, is ignored).
+    /// Folder with images/: every PNG and JPEG in it (labels.csv, if any, is ignored).
     #[arg(long)]
     pub images: PathBuf,
     /// Output folder: embeddings.csv, probabilities.csv and predictions.csv.
@@ -224,6 +245,8 @@ pub struct EmbedArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 #[derive(Args, Debug)]
@@ -231,7 +254,7 @@ pub struct PurchaseArgs {
     /// A model saved by `labelwise train`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Unlabelled folder (images/) to buy from.
+    /// Folder (images/) to buy from: every PNG and JPEG in it (labels.csv, if any, is ignored).
     #[arg(long)]
     pub pool: PathBuf,
     /// Ranking strategy; coreset, committee-* and balanced-* need --labelled (see the list).
@@ -269,6 +292,8 @@ pub struct PurchaseArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 #[derive(Args, Debug)]
@@ -355,6 +380,8 @@ pub struct RunArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub recipe: Recipe,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 /// Sets up the `log` facade for the library's messages.
