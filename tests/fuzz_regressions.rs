@@ -131,3 +131,20 @@ fn write_fuzz_seeds() {
     model.extend((0..4096).map(|i| (i % 7) as u8));
     write("model", "head-only.safetensors", &model);
 }
+
+/// Found by `model` in its first run: 4 executions per second, because a file holding a valid
+/// configuration and head built a whole ResNet18 (11 million weights) before finding that the
+/// encoder's tensors were missing. Every tensor is now checked first; the encoder's layout is
+/// computed once per process, so later failures cost a header parse.
+#[test]
+fn a_model_file_without_its_encoder_fails_before_building_one() {
+    let (_, seed) = seeds("model").remove(0);
+    bodies::model(&seed); // the first call computes the encoder's layout once
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        bodies::model(&seed);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Building the model takes tens of milliseconds, so 200 builds could not fit.
+    assert!(seconds < 2.0, "200 failed loads took {seconds:.2} s");
+}

@@ -160,13 +160,18 @@ pub struct Recipe {
 /// How image folders are read; every command that loads images takes it.
 #[derive(Args, Debug, Clone)]
 pub struct Loading {
-    /// What to do with an image that cannot be used: empty, truncated, corrupt, not PNG or
-    /// JPEG, over 40 megapixels (refused from its header), or listed in labels.csv but absent.
-    /// fail: stop with an error naming the file (and the labels.csv line). skip: leave it out
-    /// everywhere (never trained on, scored or bought; counts exclude it) with a warning naming
-    /// the file and the reason, then a count. A malformed labels.csv always fails; images
-    /// without a row in labels.csv are never loaded, with one warning.
-    #[arg(long, value_enum, default_value_t = BadImages::Fail, verbatim_doc_comment)]
+    /// Images that cannot be used: fail (stop, naming the file) or skip (leave them out, with
+    /// a warning per file and a count).
+    ///
+    /// An image cannot be used when it is empty, truncated, corrupt, not PNG or JPEG, over 40
+    /// megapixels (refused from its header, before decoding), or listed in labels.csv but
+    /// absent from images/. fail stops with an error naming the file (and the labels.csv line
+    /// of a missing one). skip leaves the item out everywhere: it is never trained on, scored
+    /// or bought, and every count printed excludes it; each skipped file gets a warning naming
+    /// it and the reason, then one warning gives the count. Under either policy a malformed
+    /// labels.csv is an error naming its line, and images without a row in labels.csv are not
+    /// loaded (one warning with their count).
+    #[arg(long, value_enum, default_value_t = BadImages::Fail)]
     pub bad_images: BadImages,
 }
 

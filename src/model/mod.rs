@@ -243,9 +243,9 @@ impl Model {
     /// Loads a model from the bytes of a safetensors file saved by [`Model::save`]; `path` only
     /// names the file in errors.
     ///
-    /// The configuration in the metadata and the head's shape are checked before the model is
-    /// built, so a file that lies about its label count cannot make us allocate more than its
-    /// own size for the head.
+    /// The configuration in the metadata and every tensor's name, dtype and shape are checked
+    /// before the model is built, so a broken file costs little more than reading it, and one
+    /// that lies about its label count cannot make us allocate a head larger than the file.
     ///
     /// # Errors
     /// [`Error::Format`] naming `path` for a file that is not safetensors (truncated, a header
