@@ -98,13 +98,24 @@ pub fn temp_leftovers(path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Fails now, with the error a later [`write_atomic`] of `path` would give, when `path`'s
-/// folder is missing, not a folder, or not writable: long jobs call this before their first
-/// hour of work rather than after it.
+/// Checks, before a long job starts, that [`write_atomic`] will be able to write `path` when it
+/// ends: `path` is not a folder, and a temporary file can be created beside it (it is removed
+/// again). The earlier content of `path`, if any, is not touched.
+///
+/// # Errors
+/// [`Error::Io`] naming `path` when it is a folder, or when its folder is missing, not a folder
+/// or not writable.
 pub fn check_writable(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let e = io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a folder; expected the path of a file",
+        );
+        return Err(Error::io(path, e));
+    }
     let (temp_path, file) = create_temp_beside(path)?;
     drop(file);
-    fs::remove_file(&temp_path).map_err(|e| context(path, e, "cannot remove a probe file"))
+    fs::remove_file(&temp_path).map_err(|e| context(path, e, "cannot remove the probe file"))
 }
 
 /// The folder `path` is in (`.` for a bare file name).
@@ -283,6 +294,27 @@ mod tests {
         assert!(err.to_string().contains("a.txt"), "{err}");
         assert!(write_atomic(&path, b"x").is_err());
         assert_eq!(fs::read(&blocker).unwrap(), b"x");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn check_writable_refuses_folders_and_missing_parents() {
+        let dir = scratch("check");
+        let path = dir.join("model.safetensors");
+        check_writable(&path).unwrap();
+        assert!(!path.exists() && leftovers(&dir).is_empty());
+        write_atomic(&path, b"old").unwrap();
+        check_writable(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+
+        let err = check_writable(&dir).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }));
+        assert!(err.to_string().contains("is a folder"), "{err}");
+        let err = check_writable(&dir.join("no-such-folder").join("m")).unwrap_err();
+        assert!(err.to_string().contains("no-such-folder"), "{err}");
+        // A file where a folder is expected.
+        let err = check_writable(&path.join("m")).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
         fs::remove_dir_all(&dir).ok();
     }
 

@@ -754,3 +754,310 @@ fn import_full_set_timing() {
     eprintln!("imported 70,000 images in {seconds:.1} s");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// A baseline JPEG written by hand, because the `image` encoder cannot write CMYK: `width` x 8
+/// pixels, one flat 8x8 block per entry of `blocks`, each entry the four stored component
+/// values. With `adobe` set, an Adobe APP14 segment says the components are CMYK (transform 0),
+/// which is how Photoshop writes them: inverted, 0 meaning full ink.
+///
+/// Every block is flat, so its only non-zero DCT coefficient is DC = 8 * (value - 128); the
+/// quantisation table is all ones, and one Huffman table (the standard luminance DC table, and
+/// an AC table holding only end-of-block) serves every component.
+fn flat_four_component_jpeg(blocks: &[[u8; 4]], adobe: bool) -> Vec<u8> {
+    fn segment(out: &mut Vec<u8>, marker: u8, body: &[u8]) {
+        out.extend_from_slice(&[0xFF, marker]);
+        out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    /// Appends bits MSB first, stuffing a 0 after every 0xFF byte as JPEG requires.
+    struct Bits {
+        out: Vec<u8>,
+        acc: u32,
+        len: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u32, len: u32) {
+            for i in (0..len).rev() {
+                self.acc = (self.acc << 1) | ((value >> i) & 1);
+                self.len += 1;
+                if self.len == 8 {
+                    self.out.push(self.acc as u8);
+                    if self.acc == 0xFF {
+                        self.out.push(0);
+                    }
+                    (self.acc, self.len) = (0, 0);
+                }
+            }
+        }
+    }
+
+    let dc_counts: [u8; 16] = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+    // Canonical Huffman codes of the DC table: (code, length) per category 0..=11.
+    let mut dc_codes = Vec::new();
+    let mut code = 0u32;
+    for (length, &count) in dc_counts.iter().enumerate() {
+        for _ in 0..count {
+            dc_codes.push((code, length as u32 + 1));
+            code += 1;
+        }
+        code <<= 1;
+    }
+
+    let width = 8 * blocks.len() as u16;
+    let mut jpeg = vec![0xFF, 0xD8];
+    if adobe {
+        // "Adobe", version 100, flags 0 and 0, transform 0 (no YCC transform: plain CMYK).
+        segment(&mut jpeg, 0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x00");
+    }
+    let mut dqt = vec![0u8];
+    dqt.extend_from_slice(&[1u8; 64]);
+    segment(&mut jpeg, 0xDB, &dqt);
+    let mut sof = vec![8];
+    sof.extend_from_slice(&8u16.to_be_bytes());
+    sof.extend_from_slice(&width.to_be_bytes());
+    sof.push(4);
+    for id in 1..=4u8 {
+        sof.extend_from_slice(&[id, 0x11, 0]);
+    }
+    segment(&mut jpeg, 0xC0, &sof);
+    let mut dht = vec![0x00];
+    dht.extend_from_slice(&dc_counts);
+    dht.extend(0u8..=11);
+    dht.push(0x10); // AC table 0: one code of length 1, for end-of-block.
+    dht.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    dht.push(0x00);
+    segment(&mut jpeg, 0xC4, &dht);
+    segment(
+        &mut jpeg,
+        0xDA,
+        &[4, 1, 0x00, 2, 0x00, 3, 0x00, 4, 0x00, 0, 63, 0],
+    );
+
+    // One MCU per block: the four components' blocks in order, DC coded as a difference.
+    let mut bits = Bits {
+        out: Vec::new(),
+        acc: 0,
+        len: 0,
+    };
+    let mut previous = [0i32; 4];
+    for block in blocks {
+        for (component, &value) in block.iter().enumerate() {
+            let dc = 8 * (i32::from(value) - 128);
+            let diff = dc - previous[component];
+            previous[component] = dc;
+            let category = 32 - diff.unsigned_abs().leading_zeros();
+            let (code, length) = dc_codes[category as usize];
+            bits.put(code, length);
+            let magnitude = if diff < 0 { diff - 1 } else { diff };
+            bits.put(magnitude as u32 & ((1 << category) - 1), category);
+            bits.put(0, 1); // end of block
+        }
+    }
+    if bits.len > 0 {
+        bits.put(0x7F, 8 - bits.len); // pad the last byte with ones
+    }
+    jpeg.extend_from_slice(&bits.out);
+    jpeg.extend_from_slice(&[0xFF, 0xD9]);
+    jpeg
+}
+
+#[test]
+fn cmyk_jpeg_is_converted_to_rgb() {
+    let dir = scratch("cmyk");
+    // Adobe's inverted CMYK: stored 255 is no ink. Left block: magenta + yellow ink (red),
+    // right block: cyan ink only (cyan). K stored 255 is no black.
+    let jpeg = flat_four_component_jpeg(&[[255, 0, 0, 255], [0, 255, 255, 255]], true);
+    put(&dir, "cmyk.jpg", &jpeg);
+    // Without the Adobe segment a four-component JPEG is taken as CMYK too.
+    let plain = flat_four_component_jpeg(&[[255, 255, 0, 255], [128, 128, 128, 128]], false);
+    put(&dir, "plain.jpg", &plain);
+
+    let dataset = Dataset::load_folder(&dir, 16, &LoadOptions::default()).unwrap();
+    assert_eq!(dataset.files, ["cmyk.jpg", "plain.jpg"]);
+    let red = pixel(&dataset, 0, 2, 4);
+    let cyan = pixel(&dataset, 0, 13, 4);
+    assert!(close(red, [255, 0, 0], 3), "{red:?}");
+    assert!(close(cyan, [0, 255, 255], 3), "{cyan:?}");
+    // R = C * K / 255 per channel (stored values): yellow, then a dark grey of 128 * 128 / 255.
+    assert!(close(pixel(&dataset, 1, 2, 4), [255, 255, 0], 3));
+    assert!(close(pixel(&dataset, 1, 13, 4), [64, 64, 64], 3));
+
+    // The same bytes cut short fail naming the file.
+    put(&dir, "cmyk.jpg", &jpeg[..jpeg.len() / 2]);
+    let message = Dataset::load_folder(&dir, 16, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("cmyk.jpg"), "{message}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn huge_dimensions_in_png_and_jpeg_headers_are_refused_fast() {
+    let dir = scratch("huge");
+    // PNG: the format's largest side (2^31 - 1) in a one-pixel-high image, and the square
+    // 100000 x 100000 of the bomb test with a 16-bit RGBA pixel format (80 GB decoded).
+    put(
+        &dir,
+        "wide.png",
+        &raw_png(i32::MAX as u32, 1, 8, 0, &[], &[0u8; 64]),
+    );
+    put(
+        &dir,
+        "deep.png",
+        &raw_png(100_000, 100_000, 16, 6, &[], &[0u8; 64]),
+    );
+    // JPEG: a real 8x8 JPEG whose frame header is patched to claim 65535 x 65535 (JPEG's
+    // largest), and one claiming 40000 x 1200 (48 Mpx, just over the default limit).
+    let small = encode(
+        &ImageBuffer::from_pixel(8, 8, image::Rgb([9u8, 9, 9])).into(),
+        ImageFormat::Jpeg,
+    );
+    let patch = |height: u16, width: u16| {
+        let mut jpeg = small.clone();
+        let sof = jpeg
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("a baseline frame header");
+        jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        jpeg
+    };
+    put(&dir, "square.jpg", &patch(65535, 65535));
+    put(&dir, "over.jpg", &patch(1200, 40000));
+
+    for name in ["wide.png", "deep.png", "square.jpg", "over.jpg"] {
+        put_csv(&dir, &format!("file,a\n{name},1\n"));
+        let started = Instant::now();
+        let err = Dataset::load_folder(&dir, 8, &LoadOptions::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::Image { .. }), "{name}: {message}");
+        assert!(
+            message.contains(name) && message.contains("decompression-bomb guard"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed().as_secs_f64() < 2.0,
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn missing_image_fails_with_its_line_or_is_skipped() {
+    let dir = scratch("missing-skip");
+    let png = encode(
+        &ImageBuffer::from_pixel(2, 2, image::Luma([7u8])).into(),
+        ImageFormat::Png,
+    );
+    put(&dir, "a.png", &png);
+    put(&dir, "c.png", &png);
+    put(&dir, "unlisted.png", &png);
+    put_csv(&dir, "file,x\na.png,1\ngone.png,0\nc.png,1\n");
+
+    let err = Dataset::load_folder(&dir, 2, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Csv { line: 3, .. }) && err.to_string().contains("gone.png"),
+        "{err}"
+    );
+
+    let skip = LoadOptions {
+        on_bad_image: BadImagePolicy::Skip,
+        ..LoadOptions::default()
+    };
+    let (dataset, report) = Dataset::load_folder_with_report(&dir, 2, &skip).unwrap();
+    assert_eq!(dataset.files, ["a.png", "c.png"]);
+    assert_eq!(dataset.labels.as_deref(), Some(&[1, 1][..]));
+    assert_eq!(report.skipped.len(), 1);
+    let (file, reason) = &report.skipped[0];
+    assert_eq!(file, "gone.png");
+    assert!(
+        reason.contains("labels.csv:3") && reason.contains("not found"),
+        "{reason}"
+    );
+    assert_eq!(report.unlisted, 1, "unlisted.png has no row");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn ignoring_labels_csv_lists_every_image() {
+    use labelwise::data::LabelsCsv;
+    let dir = scratch("ignore-labels");
+    let png = encode(
+        &ImageBuffer::from_pixel(2, 2, image::Luma([7u8])).into(),
+        ImageFormat::Png,
+    );
+    for name in ["a.png", "b.png", "c.jpg"] {
+        put(&dir, name, &png);
+    }
+    let ignore = LoadOptions {
+        labels: LabelsCsv::Ignore,
+        ..LoadOptions::default()
+    };
+    // A partial labels.csv (one row of three) and a broken one: neither limits nor fails.
+    for csv in ["file,x\nb.png,1\n", "file,x\na.png,7\n\"never closed", ""] {
+        put_csv(&dir, csv);
+        let dataset = Dataset::load_folder(&dir, 2, &ignore).unwrap();
+        assert_eq!(dataset.files, ["a.png", "b.png", "c.jpg"], "{csv:?}");
+        assert!(dataset.labels.is_none() && dataset.label_names.is_empty());
+    }
+    // Read, the default, does fail on the broken file.
+    assert!(Dataset::load_folder(&dir, 2, &LoadOptions::default()).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn spaces_and_tabs_around_fields_are_trimmed_outside_quotes() {
+    let dir = scratch("spaces");
+    let png = encode(
+        &ImageBuffer::from_pixel(2, 2, image::Luma([7u8])).into(),
+        ImageFormat::Png,
+    );
+    put(&dir, "a b.png", &png);
+    put(&dir, " lead.png", &png);
+    put_csv(
+        &dir,
+        "file ,\tx , y\n  a b.png\t,\t1 , 0 \n\" lead.png\" , 0,1\n",
+    );
+    let dataset = Dataset::load_folder(&dir, 2, &LoadOptions::default()).unwrap();
+    assert_eq!(dataset.label_names, ["x", "y"]);
+    assert_eq!(dataset.files, ["a b.png", " lead.png"]);
+    assert_eq!(dataset.labels.as_deref(), Some(&[1, 0, 0, 1][..]));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn decoding_from_bytes_matches_loading_the_file() {
+    let dir = scratch("bytes");
+    let rgb = encode(
+        &ImageBuffer::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7])).into(),
+        ImageFormat::Png,
+    );
+    put(&dir, "x.png", &rgb);
+    let dataset = Dataset::load_folder(&dir, 4, &LoadOptions::default()).unwrap();
+    let decoded =
+        labelwise::data::decode_image(&rgb, Path::new("x.png"), 4, &LoadOptions::default())
+            .unwrap();
+    assert_eq!(decoded, dataset.image(0));
+    let err =
+        labelwise::data::decode_image(b"GIF89a", Path::new("m.gif"), 4, &LoadOptions::default())
+            .unwrap_err();
+    assert!(err.to_string().starts_with("m.gif: "), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn identical_images_are_found_across_datasets() {
+    let a = small_dataset();
+    let mut b = a.subset(&[2, 1]);
+    b.files = vec!["copy-of-c".into(), "copy-of-b".into()];
+    b.pixels[0] ^= 1; // the copy of c differs in one byte
+    assert_eq!(labelwise::data::identical_images(&a, &b), [(1, 1)]);
+    assert_eq!(
+        labelwise::data::identical_images(&a, &a.subset(&[0, 0])),
+        [(0, 0), (0, 1)]
+    );
+    let resized = a.resized(3).unwrap();
+    assert!(labelwise::data::identical_images(&a, &resized).is_empty());
+}

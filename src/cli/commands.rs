@@ -12,7 +12,7 @@ use labelwise::active::select::Pool;
 use labelwise::active::Strategy;
 use labelwise::backend::{self, Aggregate, BackendHandle};
 use labelwise::checkpoint::{self, Cadence, Checkpointing};
-use labelwise::data::{self, fashion_mnist, Dataset, LoadOptions};
+use labelwise::data::{self, fashion_mnist, BadImagePolicy, Dataset, LabelsCsv, LoadOptions};
 use labelwise::experiment::{self, ComputeBudget, Evaluator, ExperimentConfig, ModelSettings};
 use labelwise::model::{Model, TorchvisionWeights, IMAGENET_MEAN, IMAGENET_STD};
 use labelwise::optim::AdamConfig;
@@ -21,7 +21,7 @@ use labelwise::train::{self, LrSchedule, TrainConfig};
 use super::output;
 use super::progress::Reporter;
 use super::ScheduleChoice;
-use super::{BenchArgs, EvaluatorChoice, RunArgs, TrainArgs};
+use super::{BadImages, BenchArgs, EvaluatorChoice, Loading, RunArgs, TrainArgs};
 use super::{EmbedArgs, EvaluateArgs, FashionMnistArgs, Global, LossChoice, PurchaseArgs, Recipe};
 
 fn open_backend(global: &Global) -> anyhow::Result<BackendHandle> {
@@ -37,9 +37,100 @@ fn parse_aggregate(s: &str) -> anyhow::Result<Aggregate> {
     }
 }
 
-fn load(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
-    Dataset::load_folder(dir, size, &LoadOptions::default())
-        .with_context(|| format!("loading {}", dir.display()))
+/// Loads an image folder under the --bad-images policy; `labels` says whether its labels.csv
+/// counts. A folder left without a usable image stops here, not deep inside training.
+fn load(dir: &Path, size: usize, loading: &Loading, labels: LabelsCsv) -> anyhow::Result<Dataset> {
+    let opts = LoadOptions {
+        on_bad_image: match loading.bad_images {
+            BadImages::Fail => BadImagePolicy::Fail,
+            BadImages::Skip => BadImagePolicy::Skip,
+        },
+        labels,
+        ..LoadOptions::default()
+    };
+    let (data, report) = Dataset::load_folder_with_report(dir, size, &opts)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    if data.is_empty() {
+        match report.skipped.len() {
+            0 => bail!("{}: no images to load", dir.display()),
+            n => bail!("{}: no usable images ({n} skipped as bad)", dir.display()),
+        }
+    }
+    Ok(data)
+}
+
+/// A folder whose labels.csv is needed.
+fn load_labelled(dir: &Path, size: usize, loading: &Loading) -> anyhow::Result<Dataset> {
+    let data = load(dir, size, loading, LabelsCsv::Read)?;
+    if data.labels.is_none() {
+        bail!(
+            "{}: no labels.csv; this folder must be labelled (images/ + labels.csv)",
+            dir.display()
+        );
+    }
+    Ok(data)
+}
+
+/// A folder whose images alone count: a labels.csv in it is ignored, whatever it holds.
+fn load_images(dir: &Path, size: usize, loading: &Loading) -> anyhow::Result<Dataset> {
+    load(dir, size, loading, LabelsCsv::Ignore)
+}
+
+/// Fails now, not after hours of work, when the file `path` could not be written at the end.
+/// Its folder is created when missing.
+fn check_output(path: &Path, flag: &str) -> anyhow::Result<()> {
+    let cannot = || format!("{flag} {} cannot be written", path.display());
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("creating {}", folder.display()))
+            .with_context(cannot)?;
+    }
+    labelwise::io::check_writable(path).with_context(cannot)
+}
+
+/// Warns about labels with no positive image in `data`: they cannot be learnt from it.
+fn warn_labels_without_positives(data: &Dataset, what: &str) {
+    let (Some(labels), n) = (&data.labels, data.num_labels()) else {
+        return;
+    };
+    let empty: Vec<&str> = (0..n)
+        .filter(|&c| labels.chunks_exact(n).all(|row| row[c] == 0))
+        .map(|c| data.label_names[c].as_str())
+        .collect();
+    if !empty.is_empty() {
+        log::warn!(
+            "{what} has no positive image for label(s) {}: the model cannot learn them from it \
+             and their F1 is undefined until it has some",
+            empty.join(", ")
+        );
+    }
+}
+
+/// Warns when the pool overlaps the labelled set: the same folder, or the same pictures.
+fn warn_pool_overlap(labelled_dir: &Path, pool_dir: &Path, labelled: &Dataset, pool: &Dataset) {
+    let same_folder = matches!(
+        (labelled_dir.canonicalize(), pool_dir.canonicalize()),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if same_folder {
+        log::warn!(
+            "--labelled and --pool are the same folder ({}): every pool image is already labelled",
+            pool_dir.display()
+        );
+        return;
+    }
+    let pairs = data::identical_images(labelled, pool);
+    if let Some(&(i, j)) = pairs.first() {
+        log::warn!(
+            "{} of {} pool images are identical to labelled images at {}px (e.g. pool {} and \
+             labelled {}): buying them adds no information",
+            pairs.len(),
+            pool.len(),
+            pool.size,
+            pool.files[j],
+            labelled.files[i]
+        );
+    }
 }
 
 impl Recipe {
@@ -101,6 +192,20 @@ impl Recipe {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive number");
+        }
+        if !(self.margin >= 0.0 && self.margin.is_finite()) {
+            bail!(
+                "--margin must be a finite number of 0 or more (CosFace subtracts it from the \
+                 target's cosine), got {}",
+                self.margin
+            );
+        }
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            bail!(
+                "--scale must be a finite number above 0 (CosFace multiplies the cosines by \
+                 it), got {}",
+                self.scale
+            );
         }
         Ok(())
     }
@@ -184,9 +289,11 @@ pub fn import_fashion_mnist(global: &Global, a: &FashionMnistArgs) -> anyhow::Re
 
 pub fn train(global: &Global, a: &TrainArgs) -> anyhow::Result<()> {
     a.recipe.check()?;
+    check_output(&a.out, "--out")?;
     let backend = open_backend(global)?;
     let settings = a.recipe.settings()?;
-    let data = load(&a.data, a.recipe.image_size)?;
+    let data = load_labelled(&a.data, a.recipe.image_size, &a.loading)?;
+    warn_labels_without_positives(&data, &format!("{}", a.data.display()));
     let config = settings.config_for(&data);
     let mut rows = recipe_rows(&a.recipe, a.recipe.epochs);
     rows.insert(
@@ -277,8 +384,8 @@ fn checkpoint_text(ck: &Checkpointing) -> String {
 pub fn embed(global: &Global, a: &EmbedArgs) -> anyhow::Result<()> {
     let backend = open_backend(global)?;
     let mut model = Model::load(&a.model, backend)?;
-    let mut data = load(&a.images, model.config.image_size)?;
-    data.labels = None;
+    check_output(&a.out.join("embeddings.csv"), "--out")?;
+    let data = load_images(&a.images, model.config.image_size, &a.loading)?;
     let all: Vec<usize> = (0..data.len()).collect();
     let inference = train::infer(&mut model, &data, &all, a.batch_size)?;
     let predictions = metrics::predict(
@@ -286,7 +393,6 @@ pub fn embed(global: &Global, a: &EmbedArgs) -> anyhow::Result<()> {
         model.num_labels(),
         model.config.multilabel,
     )?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     output::write_matrix(
         &a.out.join("embeddings.csv"),
         &data.files,
@@ -320,9 +426,9 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
     let aggregate = parse_aggregate(&a.aggregate)?;
     let backend = open_backend(global)?;
     let mut model = Model::load(&a.model, backend.clone())?;
+    check_output(&a.out, "--out")?;
     let size = model.config.image_size;
-    let mut data = load(&a.pool, size)?;
-    data.labels = None;
+    let data = load_images(&a.pool, size, &a.loading)?;
     let mut pool = Pool::new(data.files.clone())?;
 
     // Files already labelled or bought are never offered.
@@ -355,7 +461,7 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
                 || strategy.needs_committee()
                 || strategy.needs_label_f1() =>
         {
-            Some(load(dir, size)?)
+            Some(load_labelled(dir, size, &a.loading)?)
         }
         _ => None,
     };
@@ -411,7 +517,7 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
         (Some(dir), true) => {
             let val = match (&a.val, &labelled) {
                 (None, Some(l)) => l.clone(),
-                _ => load(dir, size)?,
+                _ => load_labelled(dir, size, &a.loading)?,
             };
             Some(
                 train::evaluate(
@@ -532,6 +638,7 @@ fn split_labelled(train: &Dataset, n: usize, seed: u64) -> anyhow::Result<(Datas
 
 fn parse_strategies(names: &[String]) -> anyhow::Result<Vec<Strategy>> {
     let mut out: Vec<Strategy> = Vec::new();
+    let mut repeated: Vec<Strategy> = Vec::new();
     for name in names {
         let these: Vec<Strategy> = match name.as_str() {
             "all" => Strategy::ALL.to_vec(),
@@ -540,8 +647,17 @@ fn parse_strategies(names: &[String]) -> anyhow::Result<Vec<Strategy>> {
         for s in these {
             if !out.contains(&s) {
                 out.push(s);
+            } else if !repeated.contains(&s) {
+                repeated.push(s);
             }
         }
+    }
+    if !repeated.is_empty() {
+        let list: Vec<String> = repeated.iter().map(|s| s.to_string()).collect();
+        log::warn!(
+            "--strategies names {} more than once; each runs once",
+            list.join(", ")
+        );
     }
     if !out.contains(&Strategy::Random) {
         out.insert(0, Strategy::Random);
@@ -557,17 +673,23 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
     if a.time_budget.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
         bail!("--time-budget must be a positive number of seconds");
     }
+    check_output(&a.out.join("results.json"), "--out")?;
     let backend = open_backend(global)?;
     let settings = a.recipe.settings()?;
     let size = a.recipe.image_size;
+    let labelled_folder = |dir: &Path| load_labelled(dir, size, &a.loading);
 
     // The data: the user's folders, or the embedded Fashion-MNIST subset. A single --train
     // folder (or the embedded one) is split by --seed, the same split for every repetition.
     let (labelled, pool, test, source) = match (&a.labelled, &a.pool, &a.train, &a.test) {
-        (Some(l), Some(p), None, Some(t)) => (load(l, size)?, load(p, size)?, load(t, size)?, format!("{}", l.display())),
+        (Some(l), Some(p), None, Some(t)) => {
+            let (labelled, pool) = (labelled_folder(l)?, labelled_folder(p)?);
+            warn_pool_overlap(l, p, &labelled, &pool);
+            (labelled, pool, labelled_folder(t)?, format!("{}", l.display()))
+        }
         (None, None, Some(tr), Some(t)) => {
-            let (labelled, pool) = split_labelled(&load(tr, size)?, a.initial_labelled, a.recipe.seed)?;
-            (labelled, pool, load(t, size)?, format!("{} (split)", tr.display()))
+            let (labelled, pool) = split_labelled(&labelled_folder(tr)?, a.initial_labelled, a.recipe.seed)?;
+            (labelled, pool, labelled_folder(t)?, format!("{} (split)", tr.display()))
         }
         (None, None, None, None) => {
             let splits = fashion_mnist::embedded()?;
@@ -577,6 +699,7 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
         _ => bail!("give --labelled, --pool and --test; or --train and --test; or none of them for the embedded dataset"),
     };
 
+    warn_labels_without_positives(&labelled, "the labelled set");
     let strategies = parse_strategies(&a.strategies)?;
     let compute = ComputeBudget {
         seconds: a.time_budget,

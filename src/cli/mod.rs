@@ -161,10 +161,10 @@ pub struct Recipe {
     /// Learning-rate schedule: cosine (decays to 0 over the run) or constant.
     #[arg(long, value_enum, default_value_t = ScheduleChoice::Cosine)]
     pub lr_schedule: ScheduleChoice,
-    /// CosFace margin m (training only).
+    /// CosFace margin m (training only; 0 or more).
     #[arg(long, default_value_t = 0.2)]
     pub margin: f32,
-    /// CosFace scale s.
+    /// CosFace scale s (above 0).
     #[arg(long, default_value_t = 16.0)]
     pub scale: f32,
     /// Images are resized to this square size.
@@ -185,6 +185,30 @@ pub struct Recipe {
     /// mis-shaped tensor is an error. The CosFace head still starts from --seed.
     #[arg(long, value_name = "FILE.safetensors")]
     pub init_weights: Option<PathBuf>,
+}
+
+/// How image folders are read; every command that loads images takes it.
+#[derive(Args, Debug, Clone)]
+pub struct Loading {
+    /// Images that cannot be used: fail (stop, naming the file) or skip (leave them out, with
+    /// a warning per file and a count).
+    ///
+    /// An image cannot be used when it is empty, truncated, corrupt, not PNG or JPEG, over 40
+    /// megapixels (refused from its header, before decoding), or listed in labels.csv but
+    /// absent from images/. fail stops with an error naming the file (and the labels.csv line
+    /// of a missing one). skip leaves the item out everywhere: it is never trained on, scored
+    /// or bought, and every count printed excludes it; each skipped file gets a warning naming
+    /// it and the reason, then one warning gives the count. Under either policy a malformed
+    /// labels.csv is an error naming its line, and images without a row in labels.csv are not
+    /// loaded (one warning with their count).
+    #[arg(long, value_enum, default_value_t = BadImages::Fail)]
+    pub bad_images: BadImages,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadImages {
+    Fail,
+    Skip,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +264,8 @@ pub struct TrainArgs {
     pub recipe: Recipe,
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 #[derive(Args, Debug)]
@@ -247,7 +273,7 @@ pub struct EmbedArgs {
     /// A model saved by `labelwise train`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Folder with images/ (labels.csv, if any, is ignored).
+    /// Folder with images/: every PNG and JPEG in it (labels.csv, if any, is ignored).
     #[arg(long)]
     pub images: PathBuf,
     /// Output folder: embeddings.csv, probabilities.csv and predictions.csv.
@@ -256,6 +282,8 @@ pub struct EmbedArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 #[derive(Args, Debug)]
@@ -263,7 +291,7 @@ pub struct PurchaseArgs {
     /// A model saved by `labelwise train`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Unlabelled folder (images/) to buy from.
+    /// Folder (images/) to buy from: every PNG and JPEG in it (labels.csv, if any, is ignored).
     #[arg(long)]
     pub pool: PathBuf,
     /// Ranking strategy; coreset, committee-* and balanced-* need --labelled (see the list).
@@ -301,6 +329,8 @@ pub struct PurchaseArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 #[derive(Args, Debug)]
@@ -389,6 +419,8 @@ pub struct RunArgs {
     pub recipe: Recipe,
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
+    #[command(flatten)]
+    pub loading: Loading,
 }
 
 /// Sets up the `log` facade for the library's messages.

@@ -113,10 +113,16 @@ fn read_idx(bytes: &[u8], path: &Path, rank: u8) -> Result<(Vec<usize>, Vec<u8>)
     let promised = promised.ok_or_else(|| format_error(format!("dimensions {dims:?} overflow")))?;
 
     // Read at most one byte past the promise: enough to detect a lie without trusting the
-    // header (or a gzip bomb) with the allocation size.
-    let mut payload = Vec::with_capacity(promised.min(64 << 20));
+    // header (or a gzip bomb) with the allocation size. The first reservation is bounded by
+    // what the file could hold (IDX gzips about 2:1; Vec growth covers the rest), so a lying
+    // header costs no more memory than the data it comes with.
+    let could_hold = match gzipped {
+        true => bytes.len().saturating_mul(16),
+        false => bytes.len(),
+    };
+    let mut payload = Vec::with_capacity(promised.min(could_hold).min(64 << 20));
     reader
-        .take(promised as u64 + 1)
+        .take((promised as u64).saturating_add(1))
         .read_to_end(&mut payload)
         .map_err(read_failed)?;
     if payload.len() != promised {

@@ -40,7 +40,8 @@ impl LabelTable {
 /// The header holds a name for the file column (any) and one name per label. The reader
 /// tolerates a UTF-8 byte-order mark, CRLF line ends, spaces around fields, quoted fields and
 /// blank lines. Every problem is an [`Error::Csv`] naming the file and the 1-based line: an
-/// empty file, a header with fewer than two columns, an empty or duplicate label name, a header
+/// empty file, a header with fewer than two columns, an empty, duplicate or multi-line label
+/// name, a header
 /// without rows, a row with the wrong number of columns, a value other than `0` or `1`, an empty,
 /// absolute or `..` file name, and a file name listed twice.
 pub fn read_labels_csv(path: &Path) -> Result<LabelTable> {
@@ -142,6 +143,12 @@ fn parse_header(fields: &[String]) -> std::result::Result<Vec<String>, String> {
         if name.is_empty() {
             return Err(format!("label column {column} has an empty name"));
         }
+        // Saved models list label names one per line.
+        if name.contains(['\n', '\r']) {
+            return Err(format!(
+                "label column {column}'s name {name:?} spans lines (an unclosed quote?)"
+            ));
+        }
         if let Some(first) = column_of.insert(name, column) {
             return Err(format!(
                 "duplicate label name '{name}' (columns {first} and {column})"
@@ -199,7 +206,7 @@ fn split_records(text: &str) -> std::result::Result<Vec<Record>, (u64, String)> 
 
     let finish_field = |field: &mut String, state: &mut Field, fields: &mut Vec<String>| {
         let value = if *state == Field::Plain {
-            field.trim().to_string()
+            field.trim_matches(is_padding).to_string()
         } else {
             field.clone()
         };
@@ -231,7 +238,7 @@ fn split_records(text: &str) -> std::result::Result<Vec<Record>, (u64, String)> 
                 line += 1;
                 record_line = line;
             }
-            (Field::Plain, '"') if field.trim().is_empty() => {
+            (Field::Plain, '"') if field.trim_matches(is_padding).is_empty() => {
                 field.clear();
                 state = Field::Quoted(line);
             }
@@ -245,7 +252,7 @@ fn split_records(text: &str) -> std::result::Result<Vec<Record>, (u64, String)> 
     if let Field::Quoted(opened) = state {
         return Err((opened, "quote opened here is never closed".to_string()));
     }
-    if !field.trim().is_empty() || !fields.is_empty() || state == Field::Closed {
+    if !field.trim_matches(is_padding).is_empty() || !fields.is_empty() || state == Field::Closed {
         finish_field(&mut field, &mut state, &mut fields);
         records.push((record_line, fields));
     }
@@ -256,12 +263,30 @@ fn split_records(text: &str) -> std::result::Result<Vec<Record>, (u64, String)> 
 ///
 /// `labels` is `[files.len() * label_names.len()]` row-major and must hold only 0 and 1; names
 /// are quoted where CSV needs it. Lines end with `\n`.
+///
+/// # Errors
+/// As [`format_labels_csv`], and [`Error::Io`] when the file cannot be written.
 pub fn write_labels_csv<S: AsRef<str>>(
     path: &Path,
     label_names: &[S],
     files: &[String],
     labels: &[u8],
 ) -> Result<()> {
+    let bytes = format_labels_csv(label_names, files, labels)?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// The bytes of a `labels.csv` file, as [`write_labels_csv`] writes them; what
+/// [`parse_labels_csv`] reads back into the same table.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for no labels, a label buffer whose length is not
+/// `files.len() * label_names.len()`, or a value other than 0 and 1.
+pub fn format_labels_csv<S: AsRef<str>>(
+    label_names: &[S],
+    files: &[String],
+    labels: &[u8],
+) -> Result<Vec<u8>> {
     let num_labels = label_names.len();
     if num_labels == 0 {
         return Err(Error::InvalidArgument(
@@ -281,25 +306,42 @@ pub fn write_labels_csv<S: AsRef<str>>(
         )));
     }
 
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::with_capacity(files.len() * (16 + 2 * num_labels)));
-    let csv_failed = |e: csv::Error| Error::Format {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    };
+    let mut text = String::with_capacity(files.len() * (16 + 2 * num_labels));
     let header = std::iter::once("file").chain(label_names.iter().map(AsRef::as_ref));
-    writer.write_record(header).map_err(csv_failed)?;
+    push_record(&mut text, header);
     for (file, row) in files.iter().zip(labels.chunks_exact(num_labels)) {
         let values = row.iter().map(|&v| if v == 1 { "1" } else { "0" });
-        writer
-            .write_record(std::iter::once(file.as_str()).chain(values))
-            .map_err(csv_failed)?;
+        push_record(&mut text, std::iter::once(file.as_str()).chain(values));
     }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    crate::io::write_atomic(path, &bytes)
+    Ok(text.into_bytes())
+}
+
+/// Spaces and tabs around a field outside quotes are not part of it.
+fn is_padding(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// Appends one CSV record and its `\n`, quoting exactly the fields that [`parse_labels_csv`]
+/// would otherwise read differently: those holding a comma, quote or line break, those with
+/// padding at either end (trimmed when unquoted), and empty ones.
+fn push_record<'a>(text: &mut String, fields: impl Iterator<Item = &'a str>) {
+    for (i, field) in fields.enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        let quote = field.is_empty()
+            || field.contains([',', '"', '\n', '\r'])
+            || field.starts_with(is_padding)
+            || field.ends_with(is_padding);
+        if quote {
+            text.push('"');
+            text.push_str(&field.replace('"', "\"\""));
+            text.push('"');
+        } else {
+            text.push_str(field);
+        }
+    }
+    text.push('\n');
 }
 
 #[cfg(test)]
@@ -347,11 +389,15 @@ mod tests {
 
     #[test]
     fn quoted_line_breaks_keep_line_numbers_right() {
-        let t = parse("file,\"two\nlines\",b\n\"a \"\"q\"\".png\",1,0\r\n\n\nb.png,0,0\n").unwrap();
-        assert_eq!(t.label_names, ["two\nlines", "b"]);
-        assert_eq!(t.files, ["a \"q\".png", "b.png"]);
-        assert_eq!(t.lines, [3, 6]);
-        expect_error("file,\"x\ny\"\na.png,2\n", 3, "found '2'");
+        let t =
+            parse("file,a,b\n\"two\nlines.png\",1,1\n\"a \"\"q\"\".png\",1,0\r\n\n\nb.png,0,0\n")
+                .unwrap();
+        assert_eq!(t.label_names, ["a", "b"]);
+        assert_eq!(t.files, ["two\nlines.png", "a \"q\".png", "b.png"]);
+        assert_eq!(t.lines, [2, 4, 7]);
+        expect_error("file,x\n\"a\nb.png\",2\n", 2, "found '2'");
+        // A label name may not span lines: saved models list label names one per line.
+        expect_error("file,\"x\ny\"\na.png,1\n", 1, "spans lines");
     }
 
     #[test]
@@ -412,6 +458,30 @@ mod tests {
         let bytes = b"file,cat\na.png,1\n\xff\xfe.png,0\n";
         let err = parse_labels_csv(bytes, Path::new("t/labels.csv")).unwrap_err();
         assert!(err.to_string().starts_with("t/labels.csv:3: "), "{err}");
+    }
+
+    #[test]
+    fn format_quotes_what_parsing_would_change() {
+        let files = vec![
+            "plain.png".to_string(),
+            " lead.png".to_string(),
+            "trail.png\t".to_string(),
+            "a,b \"q\".png".to_string(),
+            "line\nbreak.png".to_string(),
+        ];
+        let bytes =
+            format_labels_csv(&["x", " y"], &files, &[1, 0, 0, 1, 1, 1, 0, 0, 1, 0]).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            "file,x,\" y\"\nplain.png,1,0\n\" lead.png\",0,1\n\"trail.png\t\",1,1\n\
+             \"a,b \"\"q\"\".png\",0,0\n\"line\nbreak.png\",1,0\n"
+        );
+        let t = parse_labels_csv(&bytes, Path::new("t/labels.csv")).unwrap();
+        assert_eq!(t.label_names, ["x", " y"]);
+        assert_eq!(t.files, files);
+        // Only spaces and tabs are padding: other white space is kept, quoted or not.
+        let t = parse("file,x\n\u{a0}a.png\u{2003},1\n").unwrap();
+        assert_eq!(t.files, ["\u{a0}a.png\u{2003}"]);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-pub use labels::{parse_labels_csv, read_labels_csv, write_labels_csv, LabelTable};
+pub use labels::{
+    format_labels_csv, parse_labels_csv, read_labels_csv, write_labels_csv, LabelTable,
+};
 
 /// Images resized to one square size, with optional 0/1 labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,21 +52,42 @@ impl Normalize {
     };
 }
 
-/// What [`Dataset::load_folder`] does with an image it cannot decode.
+/// What [`Dataset::load_folder`] does with an image it cannot use: a file that is empty,
+/// truncated, corrupt, not a PNG or JPEG, over [`LoadOptions::max_pixels`], or listed in
+/// `labels.csv` but absent from `images/`.
+///
+/// A malformed `labels.csv` is never skipped: a row it cannot parse has no trustworthy labels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BadImagePolicy {
-    /// Fail the whole load with an [`Error::Image`] naming the first bad file.
+    /// Fail the whole load with an error naming the first bad file ([`Error::Image`]), or the
+    /// `labels.csv` line of a missing image ([`Error::Csv`]).
     #[default]
     Fail,
-    /// Leave the item out, log a warning naming the file, and count it in the [`LoadReport`].
+    /// Leave the item out (it is in no split, never scored and never bought), log one warning
+    /// per file naming it and the reason, then one with the count, and list it in the
+    /// [`LoadReport`].
     Skip,
+}
+
+/// Whether [`Dataset::load_folder`] reads the folder's `labels.csv`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LabelsCsv {
+    /// Read `labels.csv` when present: the items are its rows, with their labels.
+    #[default]
+    Read,
+    /// Ignore any `labels.csv`: the items are the image files of `images/`, unlabelled. For
+    /// commands that only need pixels (embedding, scoring a pool), so that a partial or broken
+    /// `labels.csv` neither fails them nor limits them to the listed files.
+    Ignore,
 }
 
 /// Options for [`Dataset::load_folder`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// What to do with an image that cannot be decoded.
+    /// What to do with an image that cannot be decoded, or a row whose image is missing.
     pub on_bad_image: BadImagePolicy,
+    /// Whether `labels.csv` decides the items and their labels.
+    pub labels: LabelsCsv,
     /// Largest accepted image, in pixels (width times height). Larger images are refused from
     /// their header, before decoding, as a guard against decompression bombs.
     pub max_pixels: u64,
@@ -79,6 +102,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             on_bad_image: BadImagePolicy::Fail,
+            labels: LabelsCsv::Read,
             max_pixels: Self::DEFAULT_MAX_PIXELS,
         }
     }
@@ -93,24 +117,43 @@ pub struct LoadReport {
     pub unlisted: usize,
 }
 
+/// How many unlisted file names a warning shows before "and N more".
+const NAMES_IN_WARNING: usize = 3;
+
+/// `names` joined by ", ", at most [`NAMES_IN_WARNING`] of them, then "and N more".
+fn some_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
+    let shown: Vec<&str> = names.take(NAMES_IN_WARNING).collect();
+    match total - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
 impl Dataset {
     /// Loads a folder in the challenge layout, resizing every image to `size x size`.
     ///
-    /// With `labels.csv` the items are its rows, in order; without it they are the PNG and JPEG
-    /// files (by extension, any case) directly in `images/`, sorted by name, and `labels` is
-    /// `None`. Images are decoded in parallel; see [`LoadOptions`] for bad or oversized images.
+    /// With `labels.csv` the items are its rows, in order; without it (or with
+    /// [`LabelsCsv::Ignore`]) they are the PNG and JPEG files (by extension, any case) directly
+    /// in `images/`, sorted by name, and `labels` is `None`. Images are decoded in parallel;
+    /// [`LoadOptions::on_bad_image`] decides whether a bad or missing image fails the load or
+    /// is skipped, and [`LoadOptions::max_pixels`] refuses oversized ones.
     /// Grey is replicated to RGB, 16-bit is scaled to 8-bit, alpha is dropped (not composited),
     /// the EXIF orientation is applied, and non-square images are stretched to the square.
     ///
     /// # Limitations
-    /// CMYK and YCCK JPEGs are converted to RGB by the JPEG decoder without colour management;
-    /// no test covers them (the test fixtures cannot encode CMYK). Only the top level of
-    /// `images/` is listed, both for unlabelled folders and for the unlisted-image count.
+    /// CMYK JPEGs are converted to RGB by the JPEG decoder with the naive formula (Adobe's
+    /// inverted storage, no colour management); YCCK goes through the decoder's YCCK to RGB
+    /// conversion. Only the top level of `images/` is listed, both for unlabelled folders and
+    /// for the unlisted-image count.
     ///
     /// # Errors
-    /// [`Error::Csv`] for a malformed `labels.csv` or a row whose image is missing (naming the
-    /// line), [`Error::Image`] for a bad image under [`BadImagePolicy::Fail`], [`Error::Io`] when
-    /// the folder cannot be read. Images in `images/` without a row only log a warning.
+    /// [`Error::Csv`] for a malformed `labels.csv`, or a row whose image is missing under
+    /// [`BadImagePolicy::Fail`] (naming the line); [`Error::Image`] for a bad image under
+    /// [`BadImagePolicy::Fail`]; [`Error::Io`] when the folder cannot be read. Images in
+    /// `images/` without a row are not loaded and only log a warning (with a few of their
+    /// names) and the count in [`LoadReport::unlisted`]: a folder often holds images not yet
+    /// labelled.
     pub fn load_folder(dir: &Path, size: usize, opts: &LoadOptions) -> Result<Dataset> {
         Self::load_folder_with_report(dir, size, opts).map(|(dataset, _)| dataset)
     }
@@ -133,51 +176,62 @@ impl Dataset {
         let csv_path = dir.join("labels.csv");
         let mut report = LoadReport::default();
 
-        // Decide the items: the rows of labels.csv, or the image files of images/.
-        let (label_names, files, labels) = if csv_path.exists() {
+        // Decide the items: the rows of labels.csv, or the image files of images/. A row whose
+        // image is missing is marked here and goes through the bad-image policy below.
+        let mut missing: Vec<Option<Error>> = Vec::new();
+        let read_csv = opts.labels == LabelsCsv::Read && csv_path.exists();
+        let (label_names, files, labels) = if read_csv {
             let table = read_labels_csv(&csv_path)?;
             for (file, &line) in table.files.iter().zip(&table.lines) {
-                if !images_dir.join(file).is_file() {
-                    let detail = format!("image '{file}' not found in {}", images_dir.display());
-                    return Err(Error::Csv {
-                        path: csv_path,
-                        line,
-                        detail,
-                    });
+                if images_dir.join(file).is_file() {
+                    missing.push(None);
+                    continue;
                 }
+                let error = Error::Csv {
+                    path: csv_path.clone(),
+                    line,
+                    detail: format!("image '{file}' not found in {}", images_dir.display()),
+                };
+                if opts.on_bad_image == BadImagePolicy::Fail {
+                    return Err(error);
+                }
+                missing.push(Some(error));
             }
             let listed: HashSet<&str> = table.files.iter().map(String::as_str).collect();
             let present = list_image_files(&images_dir)?;
-            report.unlisted = present
+            let unlisted: Vec<&str> = present
                 .iter()
-                .filter(|f| !listed.contains(f.as_str()))
-                .count();
+                .map(String::as_str)
+                .filter(|f| !listed.contains(f))
+                .collect();
+            report.unlisted = unlisted.len();
             if report.unlisted > 0 {
                 log::warn!(
-                    "{}: {} image(s) in images/ have no row in labels.csv and are not loaded",
+                    "{}: {} image(s) in images/ have no row in labels.csv and are not loaded: {}",
                     dir.display(),
-                    report.unlisted
+                    report.unlisted,
+                    some_names(unlisted.into_iter())
                 );
             }
             (table.label_names, table.files, Some(table.labels))
         } else {
             let files = list_image_files(&images_dir)?;
             if files.is_empty() {
-                log::warn!(
-                    "{}: no labels.csv and no PNG/JPEG files in images/",
-                    dir.display()
-                );
+                log::warn!("{}: no PNG/JPEG files in images/", dir.display());
             }
             (Vec::new(), files, None)
         };
+        missing.resize_with(files.len(), || None);
 
         // Decode in parallel, each image straight into its slot of the pixel buffer.
         let mut pixels = vec![0u8; files.len() * image_bytes];
         let outcomes: Vec<Result<()>> = pixels
             .par_chunks_mut(image_bytes.max(1))
             .zip(files.par_iter())
-            .map(|(slot, file)| {
-                decode::load_image(&images_dir.join(file), size, opts.max_pixels, slot)
+            .zip(missing.par_iter_mut())
+            .map(|((slot, file), missing)| match missing.take() {
+                Some(e) => Err(e),
+                None => decode::load_image(&images_dir.join(file), size, opts.max_pixels, slot),
             })
             .collect();
 
@@ -501,6 +555,36 @@ impl Dataset {
             pixels: Vec::new(),
         }
     }
+}
+
+/// Decodes one PNG or JPEG held in memory exactly as [`Dataset::load_folder`] decodes a file:
+/// `size * size * 3` RGB bytes. `name` only names the image in errors. Only
+/// [`LoadOptions::max_pixels`] of `opts` applies.
+///
+/// # Errors
+/// [`Error::Image`] naming `name` for an empty, truncated, corrupt or oversized image or one
+/// that is not PNG or JPEG; [`Error::InvalidArgument`] for a `size` of 0 or over 65535.
+pub fn decode_image(bytes: &[u8], name: &Path, size: usize, opts: &LoadOptions) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; image_len(size)?];
+    decode::decode_image(bytes, name, size, opts.max_pixels, &mut out)?;
+    Ok(out)
+}
+
+/// Pairs `(i, j)` of items whose pixels are identical: item `i` of `a` and item `j` of `b`.
+/// Finds the same picture under two names or in two folders (a pool that overlaps the
+/// labelled set). Datasets of different sizes, or whose pixel buffers do not match their item
+/// counts, have no pairs.
+pub fn identical_images(a: &Dataset, b: &Dataset) -> Vec<(usize, usize)> {
+    let consistent = |d: &Dataset| d.check_pixels("identical_images").is_ok();
+    if a.size != b.size || !consistent(a) || !consistent(b) {
+        return Vec::new();
+    }
+    // Iterating backwards leaves each picture mapped to its first index in `a`.
+    let first_of: std::collections::HashMap<&[u8], usize> =
+        (0..a.len()).rev().map(|i| (a.image(i), i)).collect();
+    (0..b.len())
+        .filter_map(|j| first_of.get(b.image(j)).map(|&i| (i, j)))
+        .collect()
 }
 
 /// Bytes of one `size x size` RGB image, refusing 0 and sizes whose buffers cannot exist.

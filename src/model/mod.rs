@@ -232,14 +232,33 @@ impl Model {
     }
 
     /// Loads a model saved by [`Model::save`] onto `backend`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read; otherwise as [`Model::load_bytes`].
     pub fn load(path: &Path, backend: BackendHandle) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::load_bytes(&bytes, path, backend)
+    }
+
+    /// Loads a model from the bytes of a safetensors file saved by [`Model::save`]; `path` only
+    /// names the file in errors.
+    ///
+    /// The configuration in the metadata and every tensor's name, dtype and shape are checked
+    /// before the model is built, so a broken file costs little more than reading it, and one
+    /// that lies about its label count cannot make us allocate a head larger than the file.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming `path` for a file that is not safetensors (truncated, a header
+    /// length or data offsets past the end, a tensor whose byte length disagrees with its shape
+    /// and dtype), lacks or has unusable configuration metadata, or whose tensors are missing,
+    /// not F32 or mis-shaped (naming the tensor).
+    pub fn load_bytes(bytes: &[u8], path: &Path, backend: BackendHandle) -> Result<Self> {
         let format = |detail: String| Error::Format {
             path: path.into(),
             detail,
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| format(format!("not a safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| format(describe_safetensors_error(&e, bytes)))?;
         let info = meta.metadata().clone().unwrap_or_default();
         let get = |key: &str| {
             info.get(key)
@@ -273,9 +292,38 @@ impl Model {
             mean: triple("mean")?,
             std: triple("std")?,
         };
+        check_config(&config).map_err(format)?;
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| format(describe_safetensors_error(&e, bytes)))?;
+        let head_shape = [config.label_names.len(), EMBEDDING_DIM];
+        match file.tensor("cosface.weight") {
+            Ok(view) if view.dtype() == safetensors::Dtype::F32 && view.shape() == head_shape => {}
+            Ok(view) => {
+                return Err(format(format!(
+                    "tensor \"cosface.weight\" is {:?} {:?}, expected F32 {head_shape:?} for the \
+                     {} labels in the metadata",
+                    view.dtype(),
+                    view.shape(),
+                    head_shape[0]
+                )))
+            }
+            Err(_) => return Err(format("tensor \"cosface.weight\" is missing".into())),
+        }
+        // Every encoder tensor is checked before a model is built: building one costs more
+        // than reading a broken file should.
+        for (name, want_shape) in encoder_file_layout()? {
+            let view = file
+                .tensor(name)
+                .map_err(|_| format(format!("tensor {name:?} is missing")))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != want_shape.as_slice() {
+                return Err(format(format!(
+                    "tensor {name:?} is {:?} {:?}, expected F32 {want_shape:?}",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+        }
         let mut model = Model::new(backend.clone(), config, 0)?;
-        let file = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| format(format!("not a safetensors file: {e}")))?;
         model.load_tensors(&file, path)?;
         Ok(model)
     }
@@ -320,6 +368,92 @@ impl Model {
         });
         failure.map_or(Ok(()), Err)
     }
+}
+
+/// The encoder's tensors as a saved file holds them: names and file-layout shapes, in
+/// [`Model::visit`] order. They do not depend on the configuration, so they are taken once from
+/// an encoder built on the CPU.
+fn encoder_file_layout() -> Result<&'static [(String, Vec<usize>)]> {
+    static LAYOUT: std::sync::OnceLock<Vec<(String, Vec<usize>)>> = std::sync::OnceLock::new();
+    if let Some(layout) = LAYOUT.get() {
+        return Ok(layout);
+    }
+    let backend: BackendHandle = std::sync::Arc::new(crate::backend::cpu::CpuBackend);
+    let mut encoder = ResNet18::new(&backend, &mut StdRng::seed_from_u64(0))?;
+    let mut layout = Vec::new();
+    encoder.visit(&mut |name, kind, t| {
+        let (shape, _) = to_file_layout(kind, t.shape(), Vec::new());
+        layout.push((name.to_string(), shape));
+    });
+    Ok(LAYOUT.get_or_init(|| layout))
+}
+
+/// What is wrong with a file the safetensors reader refused, in terms of the file.
+fn describe_safetensors_error(error: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    let size = bytes.len();
+    match (error, header_len) {
+        (E::HeaderTooSmall, _) => {
+            format!("not a safetensors file: {size} bytes, too short for the 8-byte header length")
+        }
+        (E::HeaderTooLarge | E::InvalidHeaderLength, Some(n)) => format!(
+            "not a safetensors file, or truncated: its header length of {n} bytes does not fit \
+             in the file's {size} bytes (safetensors allows at most 100 MB)"
+        ),
+        (E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_), _) => {
+            format!("not a safetensors file: its header is not JSON: {error}")
+        }
+        (E::TensorInvalidInfo | E::ValidationOverflow | E::MisalignedSlice, _) => format!(
+            "invalid safetensors header: a tensor's byte length disagrees with its shape and \
+             dtype ({error})"
+        ),
+        (E::InvalidOffset(name), _) => format!(
+            "invalid safetensors header: tensor {name:?}'s data offsets do not follow the \
+             previous tensor's"
+        ),
+        (E::MetadataIncompleteBuffer, _) => format!(
+            "truncated or padded: the header's tensors do not cover the file's {size} bytes \
+             exactly"
+        ),
+        _ => format!("invalid safetensors file: {error}"),
+    }
+}
+
+/// What a loaded configuration must satisfy to be usable: labels with distinct non-empty names,
+/// an image size the data loader accepts, finite CosFace parameters with a positive scale, and
+/// a finite normalisation with positive deviations.
+fn check_config(c: &ModelConfig) -> std::result::Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(bad) = c
+        .label_names
+        .iter()
+        .find(|n| n.is_empty() || !seen.insert(n.as_str()))
+    {
+        return Err(format!("metadata label name {bad:?} is empty or repeated"));
+    }
+    if !(1..=u16::MAX as usize).contains(&c.image_size) {
+        return Err(format!(
+            "metadata image size {} is not in 1..=65535",
+            c.image_size
+        ));
+    }
+    if !(c.margin.is_finite() && c.scale.is_finite() && c.scale > 0.0) {
+        return Err(format!(
+            "metadata CosFace margin {} and scale {} must be finite, the scale positive",
+            c.margin, c.scale
+        ));
+    }
+    let finite = |v: &[f32; 3]| v.iter().all(|x| x.is_finite());
+    if !(finite(&c.mean) && finite(&c.std) && c.std.iter().all(|&x| x > 0.0)) {
+        return Err(format!(
+            "metadata normalisation mean {:?} std {:?} must be finite, std positive",
+            c.mean, c.std
+        ));
+    }
+    Ok(())
 }
 
 /// Our layout to the file's: convolution weights `[Co, kh, kw, Ci]` -> `[Co, Ci, kh, kw]`.

@@ -1,0 +1,4 @@
+//! libFuzzer entry point; the body and its checks are in `labelwise_fuzz::model`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| labelwise_fuzz::model(data));
