@@ -53,9 +53,14 @@ fn header(entries: &[Entry], metadata: &BTreeMap<String, String>) -> io::Result<
             json.push(',');
         }
         json += &format!(
-            "{}:{{\"dtype\":\"F32\",\"shape\":{:?},\"data_offsets\":[{},{}]}}",
+            "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
             quote(e.name)?,
-            e.shape,
+            // Compact like the safetensors crate's own writer: `[64,3,7,7]`.
+            e.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             offset,
             offset + e.bytes.len()
         );
