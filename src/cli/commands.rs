@@ -866,8 +866,12 @@ pub fn run(global: &Global, a: &RunArgs) -> anyhow::Result<()> {
     for ck in &checkpoints {
         ck.finish()?;
     }
-    println!();
-    println!("{}", output::summary_table(&summary));
+    // One seed's spread is all zeros: its table above says everything, so the summary table
+    // (its files are still written) only prints for --repeat 2 or more.
+    if reports.len() > 1 {
+        println!();
+        println!("{}", output::summary_table(&summary));
+    }
     println!(
         "wrote summary.json, summary.csv and learning_curve_summary.csv/.png to {} ({:.0}s in all)",
         a.out.display(),
