@@ -106,7 +106,12 @@ pub fn temp_leftovers(path: &Path) -> Vec<PathBuf> {
 /// [`Error::Io`] naming `path` when it is a folder, or when its folder is missing, not a folder
 /// or not writable.
 pub fn check_writable(path: &Path) -> Result<()> {
-    if path.is_dir() {
+    // `out/` names a folder even before it exists; the final rename would fail on it.
+    let trailing_separator = path
+        .as_os_str()
+        .to_string_lossy()
+        .ends_with(std::path::is_separator);
+    if path.is_dir() || trailing_separator {
         let e = io::Error::new(
             io::ErrorKind::IsADirectory,
             "is a folder; expected the path of a file",
@@ -309,6 +314,8 @@ mod tests {
 
         let err = check_writable(&dir).unwrap_err();
         assert!(matches!(err, Error::Io { .. }));
+        assert!(err.to_string().contains("is a folder"), "{err}");
+        let err = check_writable(Path::new(&format!("{}/new/", dir.display()))).unwrap_err();
         assert!(err.to_string().contains("is a folder"), "{err}");
         let err = check_writable(&dir.join("no-such-folder").join("m")).unwrap_err();
         assert!(err.to_string().contains("no-such-folder"), "{err}");

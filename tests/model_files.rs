@@ -278,3 +278,40 @@ fn saved_model_damaged_in_each_way_is_refused() {
     assert!(err.to_string().contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A NaN in a weight would not fail later (ReLU and max pool drop it; every prediction becomes
+/// 0.5), so loading refuses it, naming the tensor: our model files and torchvision's alike.
+#[test]
+fn non_finite_weights_are_refused_on_load() {
+    let dir = scratch("nan");
+    let path = dir.join("model.safetensors");
+    let config = ModelConfig {
+        label_names: vec!["a".into(), "b".into()],
+        multilabel: true,
+        image_size: 16,
+        margin: 0.2,
+        scale: 16.0,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+    Model::new(cpu(), config, 1).unwrap().save(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let name = "layer4.1.bn2.weight";
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + start + 4 * 7;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+
+    let message = format_error(&bytes, "nan.safetensors");
+    assert!(
+        message.contains(&format!("{name:?} has 1 of 512 elements NaN or infinite")),
+        "{message}"
+    );
+    let err =
+        labelwise::model::TorchvisionWeights::from_bytes(&bytes, Path::new("nan.safetensors"))
+            .err()
+            .expect("torchvision loader refuses a NaN too");
+    assert!(err.to_string().contains(name), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

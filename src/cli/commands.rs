@@ -219,10 +219,10 @@ fn print_config(global: &Global, backend: &BackendHandle, rows: &[(&str, String)
     let threads = rayon::current_num_threads();
     println!("labelwise {}", env!("CARGO_PKG_VERSION"));
     println!(
-        "  {:<18} {} ({} threads)",
+        "  {:<18} {} ({threads} thread{})",
         "device",
         backend.name(),
-        threads
+        if threads == 1 { "" } else { "s" }
     );
     println!(
         "  {:<18} {}",

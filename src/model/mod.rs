@@ -358,6 +358,18 @@ impl Model {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
+                // A NaN weight would not fail later: ReLU and max pool drop it, and every
+                // prediction would quietly become 0.5.
+                let bad = data.iter().filter(|v| !v.is_finite()).count();
+                if bad > 0 {
+                    return Err(Error::Format {
+                        path: path.into(),
+                        detail: format!(
+                            "tensor {name:?} has {bad} of {} elements NaN or infinite",
+                            data.len()
+                        ),
+                    });
+                }
                 let data = from_file_layout(kind, t.shape(), data);
                 *t = backend.from_host(&data, t.shape())?;
                 Ok(())
