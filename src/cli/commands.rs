@@ -465,6 +465,10 @@ pub fn purchase(global: &Global, a: &PurchaseArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let (Some(dir), Some(labelled)) = (&a.labelled, &labelled) {
+        // --exclude is what keeps labelled files out of the purchase; say so when they overlap.
+        warn_pool_overlap(dir, &a.pool, labelled, &data);
+    }
     let all: Vec<usize> = (0..data.len()).collect();
     let inference = train::infer(&mut model, &data, &all, a.batch_size)?;
     let centres = match (&labelled, strategy == Strategy::Coreset) {

@@ -97,8 +97,13 @@ pub fn parse_labels_csv(bytes: &[u8], path: &Path) -> Result<LabelTable> {
             );
             return Err(csv_error(line, detail));
         }
-        let file = &fields[0];
-        check_file_name(file).map_err(|d| csv_error(line, d))?;
+        check_file_name(&fields[0]).map_err(|d| csv_error(line, d))?;
+        // `./a.png` and `a//b.png` name the same files as `a.png` and `a/b.png`: one spelling,
+        // so the duplicate check and the folder listing see them as the same image.
+        let file = &normal_file_name(&fields[0]);
+        if file.is_empty() {
+            return Err(csv_error(line, format!("'{}' names no file", fields[0])));
+        }
         if let Some(first) = first_line_of.insert(file.clone(), line) {
             let detail = format!("duplicate file name '{file}' (first listed on line {first})");
             return Err(csv_error(line, detail));
@@ -175,6 +180,18 @@ pub(crate) fn check_file_name(name: &str) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `name`'s path components joined by `/`, without `.` components or repeated separators.
+fn normal_file_name(name: &str) -> String {
+    Path::new(name)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// One CSV record: the 1-based line it starts on and its fields.
@@ -444,6 +461,17 @@ mod tests {
         );
         expect_error("file,cat\n,1\n", 2, "empty file name");
         expect_error("file,cat\n../x.png,1\n", 2, "without '..'");
+        expect_error(
+            "file,cat\na.png,1\n./a.png,0\n",
+            3,
+            "duplicate file name 'a.png'",
+        );
+        expect_error(
+            "file,cat\nd/a.png,1\nd//./a.png,0\n",
+            3,
+            "duplicate file name 'd/a.png'",
+        );
+        expect_error("file,cat\n./,1\n", 2, "names no file");
         expect_error("file,cat\n/etc/x.png,1\n", 2, "without '..'");
         expect_error("file,cat\na.png,1\n\"b.png,0\n", 3, "never closed");
         expect_error(
