@@ -14,9 +14,10 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use labelwise::backend::cpu::CpuBackend;
 use labelwise::backend::{
-    AdamParams, Backend, BackendHandle, BatchNormParams, Conv2dParams, CosFaceParams, PoolParams,
+    Backend, BackendHandle, BatchNormParams, Conv2dParams, CosFaceParams, PoolParams,
 };
 use labelwise::bench::{resnet_convs, Workload};
+use labelwise::optim::AdamConfig;
 use labelwise::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -213,15 +214,7 @@ fn head_and_optimiser(c: &mut Criterion) {
     group.bench_function(format!("adam over {total} parameters"), |b| {
         b.iter(|| {
             step += 1;
-            let ap = AdamParams {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-                decoupled: false,
-                step,
-            };
+            let ap = AdamConfig::default().params(step);
             for (param, grad, m, v) in params.iter_mut() {
                 cpu.adam_update(param, grad, m, v, ap).expect("adam");
             }

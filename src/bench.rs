@@ -255,15 +255,7 @@ pub fn ops(
     let mut step = 0;
     let t = time(1, reps, || {
         step += 1;
-        let ap = crate::backend::AdamParams {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled: false,
-            step,
-        };
+        let ap = AdamConfig::default().params(step);
         backend.adam_update(&mut p, &g, &mut m, &mut v, ap)?;
         backend
             .to_host(&backend.channel_sum(&m.reshape(&[n, 1])?)?)

@@ -31,6 +31,21 @@ impl Default for AdamConfig {
     }
 }
 
+impl AdamConfig {
+    /// The kernel's parameters for update number `step` (counting from 1).
+    pub fn params(&self, step: u32) -> AdamParams {
+        AdamParams {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled: self.decoupled,
+            step,
+        }
+    }
+}
+
 /// Adam's moment estimates for every trainable tensor of one model.
 pub struct Adam {
     pub config: AdamConfig,
@@ -85,15 +100,7 @@ impl Adam {
 
         self.step += 1;
         let c = self.config;
-        let p = AdamParams {
-            lr: c.lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-            decoupled: c.decoupled,
-            step: self.step,
-        };
+        let p = c.params(self.step);
         let backend = model.backend().clone();
         let (ms, vs) = (&mut self.m, &mut self.v);
         let mut index = 0;

@@ -358,18 +358,7 @@ impl Model {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                // A NaN weight would not fail later: ReLU and max pool drop it, and every
-                // prediction would quietly become 0.5.
-                let bad = data.iter().filter(|v| !v.is_finite()).count();
-                if bad > 0 {
-                    return Err(Error::Format {
-                        path: path.into(),
-                        detail: format!(
-                            "tensor {name:?} has {bad} of {} elements NaN or infinite",
-                            data.len()
-                        ),
-                    });
-                }
+                check_finite(path, name, &data)?;
                 let data = from_file_layout(kind, t.shape(), data);
                 *t = backend.from_host(&data, t.shape())?;
                 Ok(())
@@ -466,6 +455,22 @@ fn check_config(c: &ModelConfig) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Refuses a stored tensor holding NaN or infinity, naming it: such a weight would not fail
+/// later (ReLU and max pool drop the NaN, and every prediction quietly becomes 0.5).
+pub(crate) fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(Error::Format {
+        path: path.into(),
+        detail: format!(
+            "tensor {name:?} has {bad} of {} elements NaN or infinite",
+            data.len()
+        ),
+    })
 }
 
 /// Our layout to the file's: convolution weights `[Co, kh, kw, Ci]` -> `[Co, Ci, kh, kw]`.

@@ -125,16 +125,7 @@ impl TorchvisionWeights {
                     found: format!("{:?}", view.dtype()),
                 })
             })?;
-            let bad = data.iter().filter(|v| !v.is_finite()).count();
-            if bad > 0 {
-                return Err(Error::Format {
-                    path: path.into(),
-                    detail: format!(
-                        "tensor {name:?} has {bad} of {} elements NaN or infinite",
-                        data.len()
-                    ),
-                });
-            }
+            super::check_finite(path, name, &data)?;
             tensors.push(from_file_layout(*kind, shape, data));
         }
         if !skipped.is_empty() {
